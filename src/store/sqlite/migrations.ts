@@ -1,0 +1,123 @@
+/**
+ * Ordered, numbered schema migrations for the SQLite store. The schema version lives in
+ * `PRAGMA user_version`; all pending migrations run in one write transaction, so a crash leaves the
+ * file at the old version and several processes opening the same file apply them exactly once.
+ * Append new migrations to the end of MIGRATIONS; never edit or reorder a released one.
+ */
+import type { Database } from 'better-sqlite3';
+
+export interface Migration {
+  /** 1, 2, 3, … with no gaps: the user_version the database has after this migration. */
+  readonly version: number;
+  readonly name: string;
+  readonly up: (db: Database) => void;
+}
+
+export interface MigrationResult {
+  /** Schema version found when opening. */
+  from: number;
+  /** Schema version after migrating. */
+  to: number;
+  /** Names of the migrations applied by this call, in order (empty when already current). */
+  applied: string[];
+}
+
+/** The database was written by a newer tokenwarden with migrations this build does not know. */
+export class SchemaTooNewError extends Error {
+  constructor(
+    readonly found: number,
+    readonly known: number,
+  ) {
+    super(
+      `database schema version ${found} is newer than this tokenwarden supports (${known}); ` +
+        'upgrade tokenwarden or point it at another database file',
+    );
+    this.name = 'SchemaTooNewError';
+  }
+}
+
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    name: 'ledger-counters-holds',
+    up(db) {
+      db.exec(`
+        CREATE TABLE ledger (
+          id                    TEXT    NOT NULL PRIMARY KEY,
+          ts                    INTEGER NOT NULL,
+          agent                 TEXT    NOT NULL,
+          key_id                TEXT,
+          model                 TEXT,
+          stream                INTEGER NOT NULL CHECK (stream IN (0, 1)),
+          outcome               TEXT    NOT NULL,
+          status                INTEGER NOT NULL,
+          reserved              INTEGER NOT NULL,
+          input_tokens          INTEGER NOT NULL,
+          output_tokens         INTEGER NOT NULL,
+          cache_creation_tokens INTEGER NOT NULL,
+          cache_read_tokens     INTEGER NOT NULL,
+          counted               INTEGER NOT NULL,
+          cost_usd              REAL,
+          latency_ms            REAL,
+          upstream_request_id   TEXT,
+          block_reason          TEXT,
+          usage_source          TEXT    NOT NULL,
+          metadata              TEXT    NOT NULL DEFAULT '{}' CHECK (json_valid(metadata))
+        );
+        -- id closes each index so "newest first by ts, then id" needs no sort.
+        CREATE INDEX ledger_ts ON ledger (ts, id);
+        CREATE INDEX ledger_agent_ts ON ledger (agent, ts, id);
+        CREATE INDEX ledger_model_ts ON ledger (model, ts, id);
+        CREATE INDEX ledger_outcome_ts ON ledger (outcome, ts, id);
+
+        CREATE TABLE counters (
+          series   TEXT    NOT NULL,
+          bucket   INTEGER NOT NULL,
+          used     INTEGER NOT NULL DEFAULT 0,
+          reserved INTEGER NOT NULL DEFAULT 0,
+          PRIMARY KEY (series, bucket)
+        ) WITHOUT ROWID;
+
+        CREATE TABLE holds (
+          id         TEXT    NOT NULL PRIMARY KEY,
+          owner      TEXT    NOT NULL,
+          expires_at INTEGER NOT NULL,
+          -- JSON [[series, bucket, amount], ...]: what settle and reclaim give back, in entry order.
+          entries    TEXT    NOT NULL,
+          -- JSON LedgerRow written if the hold is reclaimed.
+          draft      TEXT    NOT NULL
+        );
+        -- No index on expires_at: the table only holds in-flight requests, reclaim scanning it is
+        -- cheap, and an index would cost two more page writes on every reserve and settle.
+      `);
+    },
+  },
+];
+
+/** The schema version this build writes. */
+export const LATEST_VERSION = MIGRATIONS.length;
+
+/**
+ * Brings `db` to LATEST_VERSION. Idempotent; safe to call from several processes at once (the
+ * write lock is taken before the version is read). Throws SchemaTooNewError, changing nothing, when
+ * the file is newer than this build.
+ */
+export function migrate(db: Database, migrations: readonly Migration[] = MIGRATIONS): MigrationResult {
+  migrations.forEach((m, i) => {
+    if (m.version !== i + 1)
+      throw new Error(`migration ${m.name} has version ${m.version}, expected ${i + 1}`);
+  });
+  const run = db.transaction((): MigrationResult => {
+    const from = db.pragma('user_version', { simple: true }) as number;
+    if (from > migrations.length) throw new SchemaTooNewError(from, migrations.length);
+    const applied: string[] = [];
+    for (const m of migrations.slice(from)) {
+      m.up(db);
+      applied.push(m.name);
+    }
+    const to = migrations.length;
+    if (to !== from) db.pragma(`user_version = ${to}`);
+    return { from, to, applied };
+  });
+  return run.immediate();
+}
