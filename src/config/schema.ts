@@ -1,0 +1,135 @@
+import { z } from 'zod';
+
+/** SPEC §2: the defaults every fresh install runs with. Exactly these numbers. */
+export const DEFAULT_BUDGETS = [{ name: 'global', month: 140_000, day: 4_667, hour: 194, request: 1_000 }];
+
+const limit = z.number().int().min(0);
+const usdLimit = z.number().min(0);
+
+function isTimeZone(tz: string): boolean {
+  try {
+    new Intl.DateTimeFormat('en-US', { timeZone: tz });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export const budgetSchema = z.strictObject({
+  // Budget names become parts of counter keys and header values: keep them to a safe alphabet.
+  name: z
+    .string()
+    .min(1)
+    .max(64)
+    .regex(/^[A-Za-z0-9_.:@-]+$/, 'use letters, digits and _ . : @ - only'),
+  agent: z.string().min(1).max(128).optional(),
+  model: z.string().min(1).max(256).optional(),
+  month: limit.optional(),
+  day: limit.optional(),
+  hour: limit.optional(),
+  request: limit.optional(),
+  rolling: z.boolean().default(false),
+  usd: z
+    .strictObject({
+      month: usdLimit.optional(),
+      day: usdLimit.optional(),
+      hour: usdLimit.optional(),
+      request: usdLimit.optional(),
+    })
+    .optional(),
+});
+
+const passthroughRoute = z
+  .string()
+  .regex(/^(GET|POST|PUT|PATCH|DELETE|HEAD) \/v1\/\S*$/, 'expected "METHOD /v1/path", e.g. "GET /v1/models"');
+
+/**
+ * The one configuration schema (SPEC §4). Every key is optional; unknown keys are errors so that a
+ * typo (say `"mnth": 5000`) never silently removes a limit.
+ */
+export const configSchema = z
+  .strictObject({
+    $schema: z.string().optional(),
+    port: z.number().int().min(0).max(65535).default(4000),
+    host: z.string().min(1).default('127.0.0.1'),
+    database: z.string().min(1).default('./tokenwarden.db'),
+    redis: z.string().url().optional(),
+    upstream: z.string().url().default('https://api.anthropic.com'),
+    /** Provider key used upstream in `keys` auth mode (from ANTHROPIC_API_KEY). Never logged. */
+    upstreamApiKey: z.string().min(1).optional(),
+    auth: z
+      .strictObject({
+        mode: z.enum(['passthrough', 'keys']).default('passthrough'),
+        adminToken: z.string().min(8, 'must be at least 8 characters').optional(),
+      })
+      .default({ mode: 'passthrough' }),
+    budgets: z
+      .array(budgetSchema)
+      .default(() => DEFAULT_BUDGETS.map((b) => ({ ...b, rolling: false })))
+      .superRefine((budgets, ctx) => {
+        const seen = new Set<string>();
+        budgets.forEach((b, i) => {
+          if (seen.has(b.name)) {
+            ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `duplicate budget name "${b.name}"` });
+          }
+          seen.add(b.name);
+        });
+      }),
+    thresholds: z
+      .strictObject({
+        warning: z.number().gt(0).max(100).default(80),
+        critical: z.number().gt(0).max(100).default(95),
+        emergency: z.number().gt(0).max(100).default(98),
+      })
+      .default({ warning: 80, critical: 95, emergency: 98 })
+      .refine((t) => t.warning <= t.critical && t.critical <= t.emergency, {
+        message: 'thresholds must satisfy warning <= critical <= emergency',
+      }),
+    timezone: z.string().default('UTC').refine(isTimeZone, 'not an IANA time zone (e.g. "Europe/Berlin")'),
+    cycleDay: z.number().int().min(1).max(31).default(1),
+    estimation: z.enum(['strict', 'estimate', 'count']).default('strict'),
+    allowances: z
+      .strictObject({
+        image: z.number().int().min(0).optional(),
+        document: z.number().int().min(0).optional(),
+      })
+      .default({}),
+    weights: z
+      .strictObject({
+        input: z.number().min(0).default(1),
+        output: z.number().min(0).default(1),
+        cacheCreation: z.number().min(0).default(1),
+        cacheRead: z.number().min(0).default(1),
+      })
+      .default({ input: 1, output: 1, cacheCreation: 1, cacheRead: 1 }),
+    overLimit: z.enum(['reject', 'clamp']).default('reject'),
+    minClampTokens: z.number().int().min(1).default(64),
+    mode: z.enum(['enforce', 'observe']).default('enforce'),
+    alerts: z
+      .strictObject({
+        webhooks: z.array(z.string().url()).default([]),
+        command: z.string().min(1).optional(),
+      })
+      .default({ webhooks: [] }),
+    passthrough: z.array(passthroughRoute).default([]),
+    upstreamTimeoutMs: z.number().int().positive().default(600_000),
+    maxBodyBytes: z.number().int().positive().default(33_554_432),
+    headersTimeoutMs: z.number().int().positive().default(10_000),
+    requestTimeoutMs: z.number().int().positive().default(60_000),
+    /** Seconds after which a 429's wait counts as short enough for the SDK to retry it. */
+    shortRetrySeconds: z.number().int().min(0).default(20),
+    logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  })
+  .superRefine((c, ctx) => {
+    if (c.auth.mode === 'keys' && !c.upstreamApiKey) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['auth', 'mode'],
+        message: 'keys mode needs the provider key in ANTHROPIC_API_KEY',
+      });
+    }
+  });
+
+export type ConfigInput = z.input<typeof configSchema>;
+export type Config = z.output<typeof configSchema>;
+export type BudgetConfig = z.output<typeof budgetSchema>;
