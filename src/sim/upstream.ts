@@ -83,7 +83,7 @@ export interface RecordedRequest {
   status: number | null;
   /** The client went away before the response was complete. */
   clientAborted: boolean;
-  /** The whole response was handed to the OS. */
+  /** The whole response was handed to the OS (set when the exchange ends). */
   completed: boolean;
   /** The fake cut the connection on purpose (`x-fake-cut-after`). */
   cut: boolean;
@@ -227,8 +227,12 @@ function flagHeader(h: IncomingHttpHeaders, name: string): boolean {
   return v !== undefined && v !== '' && v !== '0' && v.toLowerCase() !== 'false';
 }
 
+// ids: a random per-process prefix plus a counter (randomBytes per request costs more than all the rest)
+const ID_PREFIX = randomBytes(9).toString('base64url');
+let idCounter = 0;
 function randomId(prefix: string): string {
-  return `${prefix}011${randomBytes(15).toString('base64url')}`;
+  idCounter = (idCounter + 1) % 0x7fffffff;
+  return `${prefix}011${ID_PREFIX}${idCounter.toString(36).padStart(7, '0')}`;
 }
 
 function sse(event: string, data: unknown): string {
@@ -454,10 +458,8 @@ class FakeUpstreamServer implements FakeUpstream {
     if (this.record) this.requests.push(rec);
     const ex = new Exchange(rec, req, res);
     this.exchanges.add(ex);
-    res.once('finish', () => {
-      rec.completed = true;
-    });
     res.once('close', () => {
+      rec.completed = res.writableFinished;
       if (!res.writableFinished && !rec.cut) {
         rec.clientAborted = true;
         ex.abort();

@@ -1,0 +1,144 @@
+/**
+ * Store benchmark: sequential reserve+settle cycles of a 3-entry hold (month, day, hour), the shape of
+ * one admitted request. Reports throughput and per-cycle latency for each store.
+ *
+ *   node --import tsx bench/store-bench.ts
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { pathToFileURL } from 'node:url';
+import { createMemoryStore, openSqliteStore } from '../src/store/index.js';
+import type { BudgetStore, HoldEntry, LedgerRow } from '../src/store/ports.js';
+
+export interface StoreBenchResult {
+  store: 'memory' | 'sqlite';
+  /** Measured reserve+settle cycles (after warm-up). */
+  cycles: number;
+  cyclesPerSec: number;
+  /** Latency of one reserve+settle cycle, microseconds. */
+  p50Us: number;
+  p99Us: number;
+  /** Process CPU time (user + system) per cycle, microseconds: steadier than wall time on a busy machine. */
+  cpuUsPerCycle: number;
+}
+
+export interface StoreBenchOptions {
+  memoryCycles?: number;
+  sqliteCycles?: number;
+}
+
+const BASE_ROW: LedgerRow = {
+  id: '',
+  ts: 0,
+  agent: 'bench',
+  keyId: null,
+  model: 'claude-sonnet-4-5',
+  stream: true,
+  outcome: 'ok',
+  status: 200,
+  reserved: 1000,
+  inputTokens: 400,
+  outputTokens: 200,
+  cacheCreationTokens: 0,
+  cacheReadTokens: 0,
+  counted: 600,
+  costUsd: 0.0042,
+  latencyMs: 12,
+  upstreamRequestId: 'req_bench',
+  blockReason: null,
+  usageSource: 'reported',
+  metadata: { userAgent: 'bench' },
+};
+
+async function measure(
+  store: BudgetStore,
+  cycles: number,
+  warmup: number,
+): Promise<Omit<StoreBenchResult, 'store'>> {
+  const now = Date.now();
+  const entries: HoldEntry[] = [
+    { series: 'global|month', bucket: 0, from: 0, limit: Number.MAX_SAFE_INTEGER, amount: 1000 },
+    { series: 'global|day', bucket: 0, from: 0, limit: Number.MAX_SAFE_INTEGER, amount: 1000 },
+    { series: 'global|hour', bucket: 0, from: 0, limit: Number.MAX_SAFE_INTEGER, amount: 1000 },
+  ];
+  const charges = [600, 600, 600];
+  const latencies = new Float64Array(cycles);
+  let started = 0;
+  let cpu = process.cpuUsage();
+  for (let i = -warmup; i < cycles; i++) {
+    if (i === 0) {
+      started = performance.now();
+      cpu = process.cpuUsage();
+    }
+    const t0 = performance.now();
+    const holdId = `bench-${i}`;
+    const r = await store.reserve({
+      holdId,
+      entries,
+      owner: 'bench',
+      expiresAt: now + 600_000,
+      draft: { ...BASE_ROW, id: holdId, ts: now, outcome: 'interrupted', usageSource: 'estimated' },
+    });
+    if (!r.ok) throw new Error('bench hold refused');
+    await store.settle(holdId, charges, { ...BASE_ROW, id: holdId, ts: now });
+    if (i >= 0) latencies[i] = performance.now() - t0;
+  }
+  const elapsedMs = performance.now() - started;
+  const cpuUsed = process.cpuUsage(cpu);
+  latencies.sort();
+  const pct = (p: number) => (latencies[Math.min(cycles - 1, Math.floor(p * cycles))] ?? 0) * 1000;
+  return {
+    cycles,
+    cyclesPerSec: Math.round((cycles / elapsedMs) * 1000),
+    p50Us: pct(0.5),
+    p99Us: pct(0.99),
+    cpuUsPerCycle: (cpuUsed.user + cpuUsed.system) / cycles,
+  };
+}
+
+/** Runs the benchmark against a fresh memory store and a fresh SQLite file (removed afterwards). */
+export async function runStoreBench(opts: StoreBenchOptions = {}): Promise<StoreBenchResult[]> {
+  const memoryCycles = opts.memoryCycles ?? 200_000;
+  const sqliteCycles = opts.sqliteCycles ?? 20_000;
+  const results: StoreBenchResult[] = [];
+
+  const memory = createMemoryStore({ maxLedgerRows: 10_000 });
+  results.push({ store: 'memory', ...(await measure(memory, memoryCycles, memoryCycles / 10)) });
+  await memory.close();
+
+  const dir = mkdtempSync(join(tmpdir(), 'tokenwarden-store-bench-'));
+  try {
+    const sqlite = openSqliteStore({ path: join(dir, 'bench.db') });
+    try {
+      results.push({ store: 'sqlite', ...(await measure(sqlite, sqliteCycles, sqliteCycles / 10)) });
+    } finally {
+      await sqlite.close();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return results;
+}
+
+/** The results as a fixed-width table. */
+export function formatStoreBench(results: readonly StoreBenchResult[]): string {
+  const head = ['store', 'cycles', 'reserve+settle/s', 'p50 µs', 'p99 µs', 'CPU µs/cycle'];
+  const rows = results.map((r) => [
+    r.store,
+    String(r.cycles),
+    r.cyclesPerSec.toLocaleString('en-US'),
+    r.p50Us.toFixed(1),
+    r.p99Us.toFixed(1),
+    r.cpuUsPerCycle.toFixed(1),
+  ]);
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((row) => (row[i] ?? '').length)));
+  const line = (cells: string[]) =>
+    cells.map((c, i) => (i === 0 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join('  ');
+  return [line(head), ...rows.map(line)].join('\n');
+}
+
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  console.log(formatStoreBench(await runStoreBench()));
+}
