@@ -35,3 +35,18 @@ export function checkCharges(holdId: string, entries: number, charges: readonly 
     }
   }
 }
+
+/** Throws unless `bucketMs` is a positive safe integer (a timeseries bucket width). */
+export function checkBucketMs(bucketMs: number): void {
+  if (!Number.isSafeInteger(bucketMs) || bucketMs <= 0) {
+    throw new RangeError(`bucketMs must be a positive integer, got ${bucketMs}`);
+  }
+}
+
+/**
+ * Start of the timeseries bucket holding `ts`: the largest multiple of `bucketMs` that is <= ts
+ * (floored, so a negative ts lands in the bucket before 0 rather than in bucket 0).
+ */
+export function bucketOf(ts: number, bucketMs: number): number {
+  return ts - (((ts % bucketMs) + bucketMs) % bucketMs);
+}

@@ -144,3 +144,110 @@ export interface BudgetStore {
 
   close(): Promise<void>;
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Control state: alerts, emergency state, persisted settings, virtual keys, reports. Implemented by
+// the same backends (memory, SQLite; PostgreSQL later) and checked by test/contract/control-contract.ts.
+// ---------------------------------------------------------------------------------------------------
+
+export type AlertLevel = 'warning' | 'critical' | 'emergency' | 'forecast';
+
+export interface AlertRecord {
+  id: string;
+  level: AlertLevel;
+  budget: string;
+  /** `month`, `day` or `hour`. */
+  window: string;
+  /** Start (ms) of the window period the alert belongs to: an alert fires once per period. */
+  period: number;
+  /** used / limit × 100 when it fired (for `forecast`: projected month-end percent). */
+  percent: number;
+  at: number;
+  message: string;
+}
+
+export interface EmergencyState {
+  /** Budget name, or `*` for every budget (a global halt). */
+  budget: string;
+  since: number;
+  /** When it lifts by itself (the end of the period that tripped it), or null: until resumed. */
+  until: number | null;
+  reason: string;
+  /** Tripped by an operator (`halt`) rather than by the emergency threshold. */
+  manual: boolean;
+}
+
+export interface VirtualKeyRecord {
+  /** Public id (`key_…`), safe to show and log. */
+  id: string;
+  /** SHA-256 hex of the full key; the key itself is never stored. */
+  hash: string;
+  /** First characters of the key (`tw_ab12…`), to recognise it in lists. */
+  prefix: string;
+  agent: string;
+  /** Optional per-key limits: `{ month?, day?, hour?, request? }`. */
+  limits: Record<string, number> | null;
+  createdAt: number;
+  revokedAt: number | null;
+}
+
+export interface TimeseriesQuery {
+  /** Bucket width in ms (60_000, 3_600_000, 86_400_000); buckets are aligned to multiples of it. */
+  bucketMs: number;
+  since: number;
+  until: number;
+  agent?: string;
+  model?: string;
+}
+
+export interface TimeseriesPoint {
+  /** Bucket start, ms. */
+  bucket: number;
+  requests: number;
+  counted: number;
+  inputTokens: number;
+  outputTokens: number;
+  cacheCreationTokens: number;
+  cacheReadTokens: number;
+  costUsd: number;
+  blocked: number;
+}
+
+export interface ControlStore {
+  /** Insert unless an alert with the same (budget, window, level, period) exists; true if inserted. */
+  recordAlert(alert: AlertRecord): Promise<boolean>;
+  /** Newest first. */
+  listAlerts(q: { limit: number; since?: number }): Promise<AlertRecord[]>;
+
+  /** Upsert by budget name. */
+  setEmergency(e: EmergencyState): Promise<void>;
+  /** Remove the state of one budget (or `*`), or of all when `budget` is undefined; returns how many. */
+  clearEmergency(budget?: string): Promise<number>;
+  listEmergencies(): Promise<EmergencyState[]>;
+
+  /** Small persisted settings (e.g. `budgets` as JSON, set at run time through the API). */
+  getSetting(key: string): Promise<string | null>;
+  setSetting(key: string, value: string): Promise<void>;
+
+  createKey(k: VirtualKeyRecord): Promise<void>;
+  findKeyByHash(hash: string): Promise<VirtualKeyRecord | null>;
+  listKeys(): Promise<VirtualKeyRecord[]>;
+  /** Mark revoked (by id or prefix-unique id); false when no such active key. */
+  revokeKey(id: string, at: number): Promise<boolean>;
+
+  /** Ledger rows matching the filter (for paging totals). */
+  countLedger(q: Omit<LedgerQuery, 'limit' | 'offset'>): Promise<number>;
+  /** Ledger aggregated per time bucket, oldest first, only buckets with rows. */
+  timeseries(q: TimeseriesQuery): Promise<TimeseriesPoint[]>;
+
+  /**
+   * Set `used` to 0 in every bucket of the given series (reserved amounts of in-flight holds are
+   * kept, so their settlement stays balanced). Returns the total used that was cleared.
+   */
+  resetUsage(series: string[]): Promise<number>;
+  /** All series names that have counters (for resetting by budget or window). */
+  listSeries(): Promise<string[]>;
+}
+
+/** What a backend provides: budget accounting and control state. */
+export type Store = BudgetStore & ControlStore;

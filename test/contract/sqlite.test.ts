@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import Database from 'better-sqlite3';
@@ -125,6 +125,15 @@ describe('SQLite store', () => {
   });
 
   describe('migrations', () => {
+    const LATEST_TABLES = [
+      'alerts',
+      'counters',
+      'emergencies',
+      'holds',
+      'ledger',
+      'settings',
+      'virtual_keys',
+    ];
     const tables = (db: Database.Database): string[] =>
       (
         db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all() as {
@@ -136,7 +145,7 @@ describe('SQLite store', () => {
       const s = open();
       expect(s.db.pragma('user_version', { simple: true })).toBe(LATEST_VERSION);
       expect(LATEST_VERSION).toBe(MIGRATIONS.length);
-      expect(tables(s.db)).toEqual(['counters', 'holds', 'ledger']);
+      expect(tables(s.db)).toEqual(LATEST_TABLES);
       await s.appendLedger(ledgerRow({ id: 'keep' }));
       expect(migrate(s.db)).toEqual({ from: LATEST_VERSION, to: LATEST_VERSION, applied: [] });
       await s.close();
@@ -161,8 +170,8 @@ describe('SQLite store', () => {
         ...MIGRATIONS,
         {
           version: LATEST_VERSION + 1,
-          name: 'alerts',
-          up: (db: Database.Database) => db.exec('CREATE TABLE alerts (id TEXT)'),
+          name: 'extra',
+          up: (db: Database.Database) => db.exec('CREATE TABLE extra (id TEXT)'),
         },
         {
           version: LATEST_VERSION + 2,
@@ -175,14 +184,80 @@ describe('SQLite store', () => {
       ];
       expect(() => migrate(s.db, next)).toThrow('boom');
       expect(s.db.pragma('user_version', { simple: true })).toBe(LATEST_VERSION);
-      expect(tables(s.db)).toEqual(['counters', 'holds', 'ledger']);
+      expect(tables(s.db)).toEqual(LATEST_TABLES);
 
       expect(migrate(s.db, next.slice(0, -1))).toEqual({
         from: LATEST_VERSION,
         to: LATEST_VERSION + 1,
-        applied: ['alerts'],
+        applied: ['extra'],
       });
-      expect(tables(s.db)).toEqual(['alerts', 'counters', 'holds', 'ledger']);
+      expect(tables(s.db)).toEqual([...LATEST_TABLES, 'extra'].sort());
+    });
+
+    it('upgrade a database written at version 1 to the latest, its data intact', async () => {
+      mkdirSync(dirname(path), { recursive: true });
+      const v1 = new Database(path);
+      v1.pragma('journal_mode = WAL');
+      expect(migrate(v1, MIGRATIONS.slice(0, 1))).toEqual({
+        from: 0,
+        to: 1,
+        applied: MIGRATIONS.slice(0, 1).map((m) => m.name),
+      });
+      // What a version-1 gateway leaves behind: ledger rows, counters and a live hold.
+      v1.prepare(
+        'INSERT INTO ledger (id, ts, agent, key_id, model, stream, outcome, status, reserved, input_tokens, ' +
+          'output_tokens, cache_creation_tokens, cache_read_tokens, counted, cost_usd, latency_ms, ' +
+          'upstream_request_id, block_reason, usage_source, metadata) ' +
+          "VALUES (?, ?, 'old-agent', NULL, 'claude-sonnet-4-5', 1, ?, 200, 50, 10, 20, 0, 0, 30, 0.5, 12.5, " +
+          'NULL, NULL, \'reported\', \'{"tags":{"team":"a"}}\')',
+      ).run('old-1', 3_600_000, 'ok');
+      v1.prepare(
+        "INSERT INTO counters (series, bucket, used, reserved) VALUES ('global|month', 0, 30, 40)",
+      ).run();
+      v1.prepare(
+        "INSERT INTO holds (id, owner, expires_at, entries, draft) VALUES ('live', 'gw-old', ?, ?, ?)",
+      ).run(
+        Number.MAX_SAFE_INTEGER,
+        JSON.stringify([['global|month', 0, 40]]),
+        JSON.stringify(ledgerRow({ id: 'live', outcome: 'interrupted', counted: 40 })),
+      );
+      v1.close();
+
+      const raw = new Database(path);
+      try {
+        expect(migrate(raw)).toEqual({
+          from: 1,
+          to: LATEST_VERSION,
+          applied: MIGRATIONS.slice(1).map((m) => m.name),
+        });
+      } finally {
+        raw.close();
+      }
+
+      const s = open();
+      expect(s.db.pragma('user_version', { simple: true })).toBe(LATEST_VERSION);
+      expect(tables(s.db)).toEqual(LATEST_TABLES);
+      const [row] = await s.queryLedger({ limit: 10 });
+      expect(row).toMatchObject({
+        id: 'old-1',
+        agent: 'old-agent',
+        stream: true,
+        counted: 30,
+        costUsd: 0.5,
+        metadata: { tags: { team: 'a' } },
+      });
+      expect(await s.usage([{ series: 'global|month', from: 0 }])).toEqual([{ used: 30, reserved: 40 }]);
+      expect(await s.holdCount()).toBe(1);
+      await s.settle('live', [25], ledgerRow({ id: 'live', ts: 3_600_001, counted: 25 }));
+      expect(await s.usage([{ series: 'global|month', from: 0 }])).toEqual([{ used: 55, reserved: 0 }]);
+      // The new tables work and the old rows feed the new reports.
+      expect(await s.timeseries({ bucketMs: 3_600_000, since: 0, until: 7_200_000 })).toMatchObject([
+        { bucket: 3_600_000, requests: 2, counted: 55 },
+      ]);
+      expect(await s.listSeries()).toEqual(['global|month']);
+      await s.setSetting('budgets', '[]');
+      expect(await s.getSetting('budgets')).toBe('[]');
+      expect(await s.listAlerts({ limit: 10 })).toEqual([]);
     });
 
     it('refuse a migration list with a gap', () => {

@@ -1,20 +1,25 @@
 /**
- * In-process BudgetStore backed by Maps. Used by tests, the simulator and the engine benchmark, so
+ * In-process Store backed by Maps. Used by tests, the simulator and the engine benchmark, so
  * the reserve/settle path avoids every allocation it can: a hold keeps direct references to the
  * counters it touched, and settling is a few additions with no lookups.
  */
 
-import { checkCharges, windowAfter } from '../hold-rules.js';
+import { bucketOf, checkBucketMs, checkCharges, windowAfter } from '../hold-rules.js';
 import type {
-  BudgetStore,
+  AlertRecord,
+  EmergencyState,
   GroupTotal,
   HoldEntry,
   LedgerQuery,
   LedgerRow,
   ReserveRequest,
   ReserveResult,
+  Store,
+  TimeseriesPoint,
+  TimeseriesQuery,
   UsageQuery,
   UsageTotals,
+  VirtualKeyRecord,
 } from '../ports.js';
 
 /** One (series, bucket) counter. Never removed, so holds may keep references to it. */
@@ -42,7 +47,7 @@ export interface MemoryStoreOptions {
 }
 
 /** Creates an empty in-memory store. Nothing survives `close()` or the process. */
-export function createMemoryStore(opts: MemoryStoreOptions = {}): BudgetStore {
+export function createMemoryStore(opts: MemoryStoreOptions = {}): Store {
   const maxLedgerRows = opts.maxLedgerRows ?? Number.POSITIVE_INFINITY;
   if (
     !(maxLedgerRows >= 1) ||
@@ -62,6 +67,16 @@ export function createMemoryStore(opts: MemoryStoreOptions = {}): BudgetStore {
    */
   const ring: string[] = [];
   let ringHead = 0;
+  /** Insertion order; listAlerts sorts. */
+  const alerts: AlertRecord[] = [];
+  /** The (budget, window, level, period) of every alert in `alerts`, as alertKey() strings. */
+  const alertKeys = new Set<string>();
+  const alertIds = new Set<string>();
+  const emergencies = new Map<string, EmergencyState>();
+  const settings = new Map<string, string>();
+  const keys = new Map<string, VirtualKeyRecord>();
+  /** hash -> id */
+  const keyHashes = new Map<string, string>();
   let closed = false;
 
   function assertOpen(): void {
@@ -214,15 +229,9 @@ export function createMemoryStore(opts: MemoryStoreOptions = {}): BudgetStore {
 
     async queryLedger(q: LedgerQuery): Promise<LedgerRow[]> {
       assertOpen();
-      const since = q.since ?? Number.NEGATIVE_INFINITY;
-      const until = q.until ?? Number.POSITIVE_INFINITY;
       const rows: LedgerRow[] = [];
       for (const row of ledger.values()) {
-        if (row.ts < since || row.ts >= until) continue;
-        if (q.agent !== undefined && row.agent !== q.agent) continue;
-        if (q.model !== undefined && row.model !== q.model) continue;
-        if (q.outcome !== undefined && row.outcome !== q.outcome) continue;
-        rows.push(row);
+        if (matches(row, q)) rows.push(row);
       }
       rows.sort(newestFirst);
       const offset = q.offset ?? 0;
@@ -249,14 +258,200 @@ export function createMemoryStore(opts: MemoryStoreOptions = {}): BudgetStore {
       return [...groups.values()].sort(byCountedDesc);
     },
 
+    async recordAlert(alert: AlertRecord): Promise<boolean> {
+      assertOpen();
+      const key = alertKey(alert);
+      if (alertKeys.has(key) || alertIds.has(alert.id)) return false;
+      alerts.push({ ...alert });
+      alertKeys.add(key);
+      alertIds.add(alert.id);
+      return true;
+    },
+
+    async listAlerts(q: { limit: number; since?: number }): Promise<AlertRecord[]> {
+      assertOpen();
+      const since = q.since ?? Number.NEGATIVE_INFINITY;
+      return alerts
+        .filter((a) => a.at >= since)
+        .sort(alertsNewestFirst)
+        .slice(0, Math.max(0, q.limit))
+        .map((a) => ({ ...a }));
+    },
+
+    async setEmergency(e: EmergencyState): Promise<void> {
+      assertOpen();
+      emergencies.set(e.budget, { ...e });
+    },
+
+    async clearEmergency(budget?: string): Promise<number> {
+      assertOpen();
+      if (budget !== undefined) return emergencies.delete(budget) ? 1 : 0;
+      const n = emergencies.size;
+      emergencies.clear();
+      return n;
+    },
+
+    async listEmergencies(): Promise<EmergencyState[]> {
+      assertOpen();
+      return [...emergencies.values()].sort((a, b) => compare(a.budget, b.budget)).map((e) => ({ ...e }));
+    },
+
+    async getSetting(key: string): Promise<string | null> {
+      assertOpen();
+      return settings.get(key) ?? null;
+    },
+
+    async setSetting(key: string, value: string): Promise<void> {
+      assertOpen();
+      settings.set(key, value);
+    },
+
+    async createKey(k: VirtualKeyRecord): Promise<void> {
+      assertOpen();
+      if (keys.has(k.id)) throw new Error(`virtual key ${k.id} already exists`);
+      if (keyHashes.has(k.hash)) throw new Error(`a virtual key with hash ${k.hash} already exists`);
+      keys.set(k.id, copyKey(k));
+      keyHashes.set(k.hash, k.id);
+    },
+
+    async findKeyByHash(hash: string): Promise<VirtualKeyRecord | null> {
+      assertOpen();
+      const id = keyHashes.get(hash);
+      const k = id === undefined ? undefined : keys.get(id);
+      return k === undefined ? null : copyKey(k);
+    },
+
+    async listKeys(): Promise<VirtualKeyRecord[]> {
+      assertOpen();
+      return [...keys.values()].sort(keysOldestFirst).map(copyKey);
+    },
+
+    async revokeKey(id: string, at: number): Promise<boolean> {
+      assertOpen();
+      let k = keys.get(id);
+      if (k === undefined && id !== '') {
+        let found: VirtualKeyRecord | undefined;
+        for (const candidate of keys.values()) {
+          if (!candidate.id.startsWith(id)) continue;
+          if (found !== undefined) return false; // ambiguous prefix
+          found = candidate;
+        }
+        k = found;
+      }
+      if (k === undefined || k.revokedAt !== null) return false;
+      k.revokedAt = at;
+      return true;
+    },
+
+    async countLedger(q: Omit<LedgerQuery, 'limit' | 'offset'>): Promise<number> {
+      assertOpen();
+      let n = 0;
+      for (const row of ledger.values()) {
+        if (matches(row, q)) n++;
+      }
+      return n;
+    },
+
+    async timeseries(q: TimeseriesQuery): Promise<TimeseriesPoint[]> {
+      assertOpen();
+      checkBucketMs(q.bucketMs);
+      const points = new Map<number, TimeseriesPoint>();
+      for (const row of ledger.values()) {
+        if (row.ts < q.since || row.ts >= q.until) continue;
+        if (q.agent !== undefined && row.agent !== q.agent) continue;
+        if (q.model !== undefined && row.model !== q.model) continue;
+        const bucket = bucketOf(row.ts, q.bucketMs);
+        let p = points.get(bucket);
+        if (p === undefined) {
+          p = {
+            bucket,
+            requests: 0,
+            counted: 0,
+            inputTokens: 0,
+            outputTokens: 0,
+            cacheCreationTokens: 0,
+            cacheReadTokens: 0,
+            costUsd: 0,
+            blocked: 0,
+          };
+          points.set(bucket, p);
+        }
+        p.requests++;
+        p.counted += row.counted;
+        p.inputTokens += row.inputTokens;
+        p.outputTokens += row.outputTokens;
+        p.cacheCreationTokens += row.cacheCreationTokens;
+        p.cacheReadTokens += row.cacheReadTokens;
+        p.costUsd += row.costUsd ?? 0;
+        if (row.outcome === 'blocked') p.blocked++;
+      }
+      return [...points.values()].sort((a, b) => a.bucket - b.bucket);
+    },
+
+    async resetUsage(names: string[]): Promise<number> {
+      assertOpen();
+      let cleared = 0;
+      for (const name of new Set(names)) {
+        for (const c of series.get(name) ?? []) {
+          cleared += c.used;
+          c.used = 0;
+        }
+      }
+      return cleared;
+    },
+
+    async listSeries(): Promise<string[]> {
+      assertOpen();
+      return [...series.keys()].sort(compare);
+    },
+
     async close(): Promise<void> {
       closed = true;
       series.clear();
       holds.clear();
       ledger.clear();
       ring.length = 0;
+      alerts.length = 0;
+      alertKeys.clear();
+      alertIds.clear();
+      emergencies.clear();
+      settings.clear();
+      keys.clear();
+      keyHashes.clear();
     },
   };
+}
+
+function matches(row: LedgerRow, q: Omit<LedgerQuery, 'limit' | 'offset'>): boolean {
+  if (q.since !== undefined && row.ts < q.since) return false;
+  if (q.until !== undefined && row.ts >= q.until) return false;
+  if (q.agent !== undefined && row.agent !== q.agent) return false;
+  if (q.model !== undefined && row.model !== q.model) return false;
+  if (q.outcome !== undefined && row.outcome !== q.outcome) return false;
+  return true;
+}
+
+/** An alert fires once per (budget, window, level, period). */
+function alertKey(a: AlertRecord): string {
+  return JSON.stringify([a.budget, a.window, a.level, a.period]);
+}
+
+function copyKey(k: VirtualKeyRecord): VirtualKeyRecord {
+  return { ...k, limits: k.limits === null ? null : { ...k.limits } };
+}
+
+function compare(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+function alertsNewestFirst(a: AlertRecord, b: AlertRecord): number {
+  if (a.at !== b.at) return b.at - a.at;
+  return compare(b.id, a.id);
+}
+
+function keysOldestFirst(a: VirtualKeyRecord, b: VirtualKeyRecord): number {
+  if (a.createdAt !== b.createdAt) return a.createdAt - b.createdAt;
+  return compare(a.id, b.id);
 }
 
 function newestFirst(a: LedgerRow, b: LedgerRow): number {

@@ -92,6 +92,55 @@ export const MIGRATIONS: readonly Migration[] = [
       `);
     },
   },
+  {
+    version: 2,
+    name: 'alerts-emergencies-settings-keys',
+    up(db) {
+      db.exec(`
+        CREATE TABLE alerts (
+          id          TEXT    NOT NULL PRIMARY KEY,
+          level       TEXT    NOT NULL,
+          budget      TEXT    NOT NULL,
+          -- "window" is a keyword in SQLite and PostgreSQL.
+          window_name TEXT    NOT NULL,
+          -- Start (ms) of the window period: an alert fires once per (budget, window, level, period).
+          period      INTEGER NOT NULL,
+          percent     REAL    NOT NULL,
+          at          INTEGER NOT NULL,
+          message     TEXT    NOT NULL,
+          UNIQUE (budget, window_name, level, period)
+        );
+        -- id closes the index so "newest first by at, then id" needs no sort.
+        CREATE INDEX alerts_at ON alerts (at, id);
+
+        CREATE TABLE emergencies (
+          budget TEXT    NOT NULL PRIMARY KEY,
+          since  INTEGER NOT NULL,
+          -- NULL: until an operator resumes.
+          until  INTEGER,
+          reason TEXT    NOT NULL,
+          manual INTEGER NOT NULL CHECK (manual IN (0, 1))
+        ) WITHOUT ROWID;
+
+        CREATE TABLE settings (
+          key   TEXT NOT NULL PRIMARY KEY,
+          value TEXT NOT NULL
+        ) WITHOUT ROWID;
+
+        CREATE TABLE virtual_keys (
+          id         TEXT    NOT NULL PRIMARY KEY,
+          -- SHA-256 hex of the key; the key itself is never stored.
+          hash       TEXT    NOT NULL UNIQUE,
+          prefix     TEXT    NOT NULL,
+          agent      TEXT    NOT NULL,
+          -- JSON object of per-key limits, or NULL for none.
+          limits     TEXT    CHECK (limits IS NULL OR json_valid(limits)),
+          created_at INTEGER NOT NULL,
+          revoked_at INTEGER
+        );
+      `);
+    },
+  },
 ];
 
 /** The schema version this build writes. */

@@ -1,5 +1,5 @@
 /**
- * The embedded BudgetStore: one SQLite file (better-sqlite3, WAL). Each operation is one write
+ * The embedded Store: one SQLite file (better-sqlite3, WAL). Control state lives in control-store.ts. Each operation is one write
  * transaction begun IMMEDIATE, so the window check and the hold are atomic even against other
  * processes on the same file. Statements are prepared once, when the store opens.
  */
@@ -8,7 +8,6 @@ import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { checkCharges, windowAfter } from '../hold-rules.js';
 import type {
-  BudgetStore,
   GroupTotal,
   HoldEntry,
   LedgerQuery,
@@ -16,10 +15,12 @@ import type {
   Outcome,
   ReserveRequest,
   ReserveResult,
+  Store,
   UsageQuery,
   UsageSource,
   UsageTotals,
 } from '../ports.js';
+import { buildControlStore } from './control-store.js';
 import { migrate } from './migrations.js';
 
 export interface SqliteStoreOptions {
@@ -29,7 +30,7 @@ export interface SqliteStoreOptions {
   busyTimeoutMs?: number;
 }
 
-export type SqliteStore = BudgetStore & { readonly db: Database.Database };
+export type SqliteStore = Store & { readonly db: Database.Database };
 
 /** Stored form of a hold's entries: [series, bucket, amount] per entry, in entry order. */
 type StoredEntry = [series: string, bucket: number, amount: number];
@@ -237,6 +238,7 @@ function buildStore(db: Database.Database): SqliteStore {
 
   return {
     db,
+    ...buildControlStore(db),
 
     async reserve(req) {
       return reserveTx.immediate(req);
