@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
 import { loadConfig } from '../config/load.js';
-import { StartupError, startGateway } from '../main.js';
 
 interface ServeFlags {
   port?: string;
@@ -40,6 +39,8 @@ export function registerServe(program: Command): void {
         process.exitCode = 2;
         return;
       }
+      // Loaded here so that the other commands start without the HTTP stack.
+      const { StartupError, startGateway } = await import('../main.js');
       let gateway: Awaited<ReturnType<typeof startGateway>>;
       try {
         gateway = await startGateway(loaded.config);
