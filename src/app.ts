@@ -7,13 +7,15 @@ import Fastify, {
 } from 'fastify';
 import type { Logger } from 'pino';
 import { adminGuard } from './api/auth.js';
+import { registerControlRoutes } from './api/control.js';
+import { registerLedgerRoutes } from './api/ledger.js';
 import { registerSummaryRoute } from './api/summary.js';
-import type { WindowResolver } from './budget/windows.js';
 import type { Config } from './config/schema.js';
 import { GatewayError, toHttp } from './errors/gateway-error.js';
 import { ledgerRow } from './proxy/ledger-row.js';
 import { type MessagesProxy, newRequestId } from './proxy/messages.js';
-import type { Gatekeeper } from './service/gatekeeper.js';
+import type { Metrics } from './service/metrics.js';
+import type { OperatorService } from './service/operator.js';
 import type { BudgetStore } from './store/ports.js';
 
 export interface AppDeps {
@@ -21,8 +23,8 @@ export interface AppDeps {
   logger: Logger;
   proxy: MessagesProxy;
   store: BudgetStore;
-  gatekeeper: Gatekeeper;
-  resolver: WindowResolver;
+  operator: OperatorService;
+  metrics: Metrics;
   now: () => number;
 }
 
@@ -74,12 +76,12 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
 
-  app.setErrorHandler(async (err: FastifyError, req, reply) => {
-    const gwErr = fastifyErrorToGateway(err);
+  app.setErrorHandler(async (err: FastifyError | GatewayError, req, reply) => {
+    const gwErr = err instanceof GatewayError ? err : fastifyErrorToGateway(err);
     if (gwErr.code === 'internal') logger.error({ err, url: req.url }, 'unhandled error');
     const http = toHttp(gwErr);
     const id = newRequestId();
-    if (req.url.startsWith('/v1/')) {
+    if (req.url.startsWith('/v1/') && !(err instanceof GatewayError)) {
       // Refused input is still recorded: nothing an agent sends goes unaccounted.
       const row = ledgerRow(
         {
@@ -131,13 +133,20 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     }
   });
 
+  const guard = adminGuard(config.auth.adminToken);
   app.register(
     async (api) => {
-      api.addHook('onRequest', adminGuard(config.auth.adminToken));
-      registerSummaryRoute(api, deps);
+      api.addHook('onRequest', guard);
+      registerSummaryRoute(api, deps.operator);
+      registerLedgerRoutes(api, deps.operator, deps.now);
+      registerControlRoutes(api, deps.operator);
     },
     { prefix: '/api/token-usage' },
   );
+  app.get('/metrics', { onRequest: guard }, async (_req, reply) => {
+    const { contentType, body } = await deps.metrics.render();
+    return reply.header('content-type', contentType).send(body);
+  });
 
   return app;
 }

@@ -1,18 +1,31 @@
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
+import {
+  type AlertChannel,
+  commandChannel,
+  logChannel,
+  type QueuedAlertChannel,
+  webhookChannel,
+} from './alerts/channels.js';
+import { AlertMonitor } from './alerts/monitor.js';
 import { isLoopback } from './api/auth.js';
 import { buildApp } from './app.js';
-import type { BudgetDef } from './budget/types.js';
+import { PriceTable } from './budget/prices.js';
 import { WindowResolver } from './budget/windows.js';
-import type { BudgetConfig, Config } from './config/schema.js';
+import type { Config } from './config/schema.js';
+import { KeyService } from './keys/keys.js';
 import { createLogger } from './logger.js';
 import { MessagesProxy } from './proxy/messages.js';
 import { UpstreamClient } from './proxy/upstream.js';
+import { EmergencyGuard } from './service/emergency.js';
 import { Gatekeeper } from './service/gatekeeper.js';
 import { InflightTracker } from './service/inflight.js';
-import type { BudgetStore } from './store/ports.js';
+import { Metrics } from './service/metrics.js';
+import { OperatorService, persistedBudgets, toBudgetDefs } from './service/operator.js';
+import type { Store } from './store/ports.js';
 import { openSqliteStore } from './store/sqlite/sqlite-store.js';
 
 export class StartupError extends Error {
@@ -24,7 +37,8 @@ export class StartupError extends Error {
 
 export interface Gateway {
   app: FastifyInstance;
-  store: BudgetStore;
+  store: Store;
+  operator: OperatorService;
   /** e.g. http://127.0.0.1:4000 */
   url: string;
   port: number;
@@ -40,37 +54,16 @@ export interface GatewayOptions {
   now?: () => number;
 }
 
-export function toBudgetDefs(budgets: BudgetConfig[]): BudgetDef[] {
-  return budgets.map((b) => ({
-    name: b.name,
-    scope: { ...(b.agent ? { agent: b.agent } : {}), ...(b.model ? { model: b.model } : {}) },
-    limits: {
-      ...(b.month !== undefined ? { month: b.month } : {}),
-      ...(b.day !== undefined ? { day: b.day } : {}),
-      ...(b.hour !== undefined ? { hour: b.hour } : {}),
-    },
-    ...(b.request !== undefined ? { request: b.request } : {}),
-    rolling: b.rolling,
-  }));
-}
-
-/**
- * Settings this build accepts in the schema but cannot honour yet. Each would change what gets
- * enforced, so starting anyway would mislead the operator: refuse, and say why.
- */
+/** Settings that would expose or mislead the operator: refuse to start, and say why. */
 function unsupported(config: Config): string[] {
   const problems: string[] = [];
   if (config.redis) problems.push('redis: the Redis store is not available in this version; remove "redis"');
   if (/^postgres(ql)?:\/\//.test(config.database)) {
     problems.push('database: PostgreSQL is not available in this version; use a SQLite file path');
   }
-  if (config.auth.mode === 'keys') problems.push('auth.mode: "keys" is not available in this version');
-  if (config.mode === 'observe') problems.push('mode: "observe" is not available in this version');
-  if (config.overLimit === 'clamp') problems.push('overLimit: "clamp" is not available in this version');
-  if (config.estimation === 'count') problems.push('estimation: "count" is not available in this version');
-  config.budgets.forEach((b, i) => {
-    if (b.usd) problems.push(`budgets.${i}.usd: USD limits are not available in this version`);
-  });
+  if (config.auth.mode === 'keys' && !config.upstreamApiKey) {
+    problems.push('auth.mode: "keys" needs the provider key in ANTHROPIC_API_KEY');
+  }
   if (!config.auth.adminToken && !isLoopback(config.host) && config.host !== 'localhost') {
     problems.push(
       `host: refusing to listen on non-loopback address ${config.host} without auth.adminToken ` +
@@ -78,6 +71,13 @@ function unsupported(config: Config): string[] {
     );
   }
   return problems;
+}
+
+function alertChannels(config: Config, logger: Logger): Array<AlertChannel & Partial<QueuedAlertChannel>> {
+  const channels: Array<AlertChannel & Partial<QueuedAlertChannel>> = [logChannel(logger)];
+  for (const url of config.alerts.webhooks) channels.push(webhookChannel({ url, logger }));
+  if (config.alerts.command) channels.push(commandChannel({ command: config.alerts.command, logger }));
+  return channels;
 }
 
 /** The composition root: build every service once, wire them, listen. */
@@ -98,18 +98,90 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   const reclaimed = await store.reclaim({ now: now(), keepOwner: owner });
   if (reclaimed > 0) logger.warn({ reclaimed }, 'charged holds left by an earlier process in full');
 
+  const stored = await persistedBudgets(store);
+  if (stored)
+    logger.warn('using the budgets set through the API (stored in the database), not the config file');
+  const budgets = stored ?? config.budgets;
+
   const resolver = new WindowResolver({ timezone: config.timezone, cycleDay: config.cycleDay });
+  const emergency = new EmergencyGuard(store, logger);
+  await emergency.start();
   const gatekeeper = new Gatekeeper({
     store,
     resolver,
-    budgets: toBudgetDefs(config.budgets),
+    budgets: toBudgetDefs(budgets),
     owner,
     holdTtlMs: config.upstreamTimeoutMs * 2 + 60_000,
+    emergency: (names, at) => emergency.active(names, at),
   });
-  const upstream = new UpstreamClient({ baseUrl: config.upstream, timeoutMs: config.upstreamTimeoutMs });
+  const channels = alertChannels(config, logger);
   const inflight = new InflightTracker();
-  const proxy = new MessagesProxy({ config, gatekeeper, upstream, store, inflight, logger, now });
-  const app = buildApp({ config, logger, proxy, store, gatekeeper, resolver, now });
+  const monitor = new AlertMonitor({
+    store,
+    resolver,
+    budgets: () => gatekeeper.currentBudgets,
+    thresholds: () => config.thresholds,
+    windows: config.alerts.windows,
+    channels,
+    now,
+    logger,
+    onEmergency: (e) => {
+      emergency.refresh().catch(() => undefined);
+      // An emergency stops what is streaming under it too.
+      inflight.halt(e.budget, `tokenwarden: emergency shutdown of budget "${e.budget}" (${e.reason})`);
+    },
+  });
+  // Evaluate thresholds at most a few times a second, however busy the gateway is.
+  let alertTimer: NodeJS.Timeout | null = null;
+  const pokeAlerts = () => {
+    if (alertTimer) return;
+    alertTimer = setTimeout(() => {
+      alertTimer = null;
+      monitor.poke();
+    }, 100);
+    alertTimer.unref();
+  };
+  const metrics = new Metrics(async () => {
+    const at = now();
+    const slots = gatekeeper.currentBudgets.flatMap((b) => resolver.slots(b, at));
+    const totals = await store.usage(slots.map((sl) => ({ series: sl.series, from: sl.from })));
+    return slots.map((sl, i) => ({
+      budget: sl.budget,
+      window: sl.kind,
+      used: totals[i]?.used ?? 0,
+      reserved: totals[i]?.reserved ?? 0,
+      limit: sl.limit,
+    }));
+  });
+  const keys = new KeyService({ store, now });
+  const upstream = new UpstreamClient({ baseUrl: config.upstream, timeoutMs: config.upstreamTimeoutMs });
+  const proxy = new MessagesProxy({
+    config,
+    gatekeeper,
+    upstream,
+    store,
+    inflight,
+    prices: new PriceTable(config.prices),
+    logger,
+    now,
+    keys,
+    metrics: {
+      admission: (ms) => metrics.admission(ms),
+      upstream: (ms) => metrics.upstream(ms),
+      recorded: (row) => metrics.recorded(row),
+      settled: (row) => {
+        metrics.settled(row);
+        pokeAlerts();
+      },
+    },
+  });
+  const operator = new OperatorService(
+    { store, resolver, gatekeeper, emergency, inflight, config, now, onBudgetsChanged: pokeAlerts },
+    budgets,
+  );
+  const app = buildApp({ config, logger, proxy, store, operator, metrics, now });
+  // Alerts that crossed while the gateway was down are raised at start.
+  monitor.poke();
 
   try {
     await app.listen({ port: config.port, host: config.host });
@@ -125,6 +197,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   return {
     app,
     store,
+    operator,
     url: `http://${hostForUrl}:${port}`,
     port,
     reclaimed,
@@ -140,6 +213,13 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
         app.server.closeAllConnections();
         await closing;
         await upstream.close();
+        emergency.stop();
+        if (alertTimer) clearTimeout(alertTimer);
+        await monitor.idle();
+        monitor.close();
+        // Give queued webhooks a moment to go out; they never hold the shutdown for long.
+        await Promise.all(channels.map((c) => (c.idle ? Promise.race([c.idle(), sleep(2000)]) : undefined)));
+        for (const c of channels) c.close?.();
         await store.close();
       })();
       return closed;

@@ -21,6 +21,8 @@ export interface BudgetDef {
   request?: number;
   /** Rolling windows (last 30 d / 24 h / 60 min) instead of calendar-aligned ones. */
   rolling: boolean;
+  /** USD limits per window and per request (dollars), enforced on the price table's cost. */
+  usd?: Partial<Record<WindowKind | 'request', number>>;
 }
 
 export interface CalendarSettings {
@@ -44,6 +46,8 @@ export interface Usage {
   outputTokens: number;
   cacheCreationTokens: number;
   cacheReadTokens: number;
+  /** Of `cacheCreationTokens`, those written with the 1-hour TTL (priced higher); absent: none. */
+  cacheCreation1hTokens?: number;
 }
 
 /**

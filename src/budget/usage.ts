@@ -62,6 +62,12 @@ export function usageFromAnthropic(u: unknown): Usage {
   for (const [ours, theirs] of FIELDS) out[ours] = count(u[theirs]) ?? 0;
   const compaction = compactionUsage(u.iterations);
   if (compaction !== null) for (const [ours] of FIELDS) out[ours] += compaction[ours];
+  // The TTL split of cache writes matters for cost only (1-hour writes are dearer).
+  const split = u.cache_creation;
+  if (isRecord(split)) {
+    const oneHour = count(split.ephemeral_1h_input_tokens);
+    if (oneHour) out.cacheCreation1hTokens = Math.min(oneHour, out.cacheCreationTokens);
+  }
   return out;
 }
 

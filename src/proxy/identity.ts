@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
+import { AGENT_RE } from '../keys/keys.js';
 import { headerValue } from './headers.js';
 
-const AGENT_RE = /^[A-Za-z0-9_.:@/+-]{1,128}$/;
 const TAG_PREFIX = 'x-tokenwarden-tag-';
 const MAX_TAGS = 32;
 

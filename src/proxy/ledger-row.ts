@@ -20,6 +20,7 @@ export interface Outcome_ {
   reserved?: number;
   usage?: Usage | null;
   counted?: number;
+  costUsd?: number | null;
   usageSource?: UsageSource;
   upstreamRequestId?: string | null;
   blockReason?: string | null;
@@ -45,7 +46,7 @@ export function ledgerRow(f: RequestFacts, o: Outcome_): LedgerRow {
     cacheCreationTokens: u.cacheCreationTokens,
     cacheReadTokens: u.cacheReadTokens,
     counted: o.counted ?? 0,
-    costUsd: null,
+    costUsd: o.costUsd ?? null,
     latencyMs: Math.round((performance.now() - f.startedAt) * 100) / 100,
     upstreamRequestId: o.upstreamRequestId ?? null,
     blockReason: o.blockReason ?? null,

@@ -4,19 +4,21 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type { Dispatcher } from 'undici';
 import { estimateInputTokens } from '../budget/estimate.js';
-import type { Usage, Weights } from '../budget/types.js';
+import { costUsd, type Price, type PriceTable, toMicros, worstCostMicros } from '../budget/prices.js';
+import type { BudgetDef, Usage, Weights } from '../budget/types.js';
 import { countedTokens, usageFromAnthropic, worstCase } from '../budget/usage.js';
 import type { Config } from '../config/schema.js';
 import { GatewayError, sseErrorFrame, toHttp } from '../errors/gateway-error.js';
-import type { Admission, Gatekeeper, Hold } from '../service/gatekeeper.js';
+import type { Admission, Gatekeeper, Hold, Refusal } from '../service/gatekeeper.js';
 import type { InflightTracker } from '../service/inflight.js';
-import type { BudgetStore } from '../store/ports.js';
+import type { Metrics } from '../service/metrics.js';
+import type { BudgetStore, LedgerRow, VirtualKeyRecord } from '../store/ports.js';
 import { clientResponseHeaders, headerValue, upstreamRequestHeaders } from './headers.js';
 import { clientKey, keyId, requestTags, resolveAgent } from './identity.js';
 import { ledgerRow, type RequestFacts } from './ledger-row.js';
 import { SseUsageTap } from './sse-tap.js';
 import { classifyUpstreamError, type UpstreamClient } from './upstream.js';
-import { parseMessagesBody } from './validate.js';
+import { type MessagesBody, parseMessagesBody } from './validate.js';
 
 /** Non-streaming provider bodies are read whole (to find `usage`); past this size the charge is estimated. */
 const MAX_JSON_RESPONSE_BYTES = 64 * 1024 * 1024;
@@ -27,17 +29,143 @@ export interface ProxyDeps {
   upstream: UpstreamClient;
   store: BudgetStore;
   inflight: InflightTracker;
+  prices: PriceTable;
   logger: Logger;
   now: () => number;
+  /** Virtual keys (keys auth mode). */
+  keys?: { verify(key: string): Promise<VirtualKeyRecord | null> };
+  metrics?: Pick<Metrics, 'admission' | 'upstream' | 'settled' | 'recorded'>;
+}
+
+interface ForwardCharge {
+  /** The body to send (the client's bytes, or with max_tokens lowered when clamped). */
+  raw: Buffer;
+  /** The usage to charge when the provider's report is missing: the whole hold. */
+  estimatedUsage: Usage;
+  fullCharge: number;
+  price: Price;
+  /** Credentials to send upstream instead of the client's (keys mode). */
+  upstreamHeaders: Record<string, string> | undefined;
+  /** Headers added to the response (clamped, would-block). */
+  extraHeaders: Record<string, string>;
+  /** Observe mode: what would have been blocked. */
+  blockReason: string | null;
+}
+
+/** Fields of a create request that count_tokens accepts. */
+const COUNT_FIELDS = [
+  'model',
+  'messages',
+  'system',
+  'tools',
+  'tool_choice',
+  'thinking',
+  'output_config',
+  'cache_control',
+  'speed',
+] as const;
+
+/** A virtual key's own limits, as a budget over its agent. */
+function keyBudgets(key: VirtualKeyRecord): BudgetDef[] {
+  if (!key.limits || Object.keys(key.limits).length === 0) return [];
+  const { month, day, hour, request } = key.limits;
+  return [
+    {
+      name: `key:${key.id}`,
+      scope: { agent: key.agent },
+      limits: {
+        ...(month !== undefined ? { month } : {}),
+        ...(day !== undefined ? { day } : {}),
+        ...(hour !== undefined ? { hour } : {}),
+      },
+      ...(request !== undefined ? { request } : {}),
+      rolling: false,
+    },
+  ];
+}
+
+/** Refusals that a smaller max_tokens could turn into an admission. */
+function clampable(r: Refusal): boolean {
+  return (
+    (r.reason === 'too_large' && r.window === 'request' && r.unit === 'tokens') ||
+    (r.reason === 'exhausted' && r.unit === 'tokens')
+  );
+}
+
+/** `thinking.budget_tokens` (it must stay below max_tokens), or null. */
+function thinkingBudget(body: MessagesBody): number | null {
+  const t = (body as { thinking?: { type?: unknown; budget_tokens?: unknown } }).thinking;
+  return t && t.type === 'enabled' && typeof t.budget_tokens === 'number' ? t.budget_tokens : null;
+}
+
+function fmt(n: number, unit: 'tokens' | 'usd'): string {
+  return unit === 'usd' ? `$${n.toFixed(2)}` : `${n} tokens`;
+}
+
+/** The status, headers and message of a refusal (also what observe mode reports it would do). */
+export function describeRefusal(
+  verdict: Refusal,
+  now = Date.now(),
+  shortRetrySeconds = 20,
+): { status: number; blockedBy: string; message: string; headers: Record<string, string> } {
+  if (verdict.reason === 'emergency') {
+    const s = verdict.state;
+    const blockedBy = `budget=${s.budget}; emergency`;
+    const scope = s.budget === '*' ? 'all agent traffic' : `budget "${s.budget}"`;
+    const until = s.until ? ` It lifts by itself at ${new Date(s.until).toISOString()}.` : '';
+    const message =
+      `Emergency shutdown: ${scope} is halted (${s.reason}). ` +
+      `An operator can resume with \`tokenwarden resume\` or POST /api/token-usage/resume.${until}`;
+    const headers: Record<string, string> = {
+      'x-should-retry': 'false',
+      'x-tokenwarden-blocked-by': blockedBy,
+    };
+    headers['retry-after'] = String(s.until ? Math.max(1, Math.ceil((s.until - now) / 1000)) : 3600);
+    return { status: 429, blockedBy, message, headers };
+  }
+  const blockedBy = `budget=${verdict.budget}; window=${verdict.window}${verdict.unit === 'usd' ? '; unit=usd' : ''}`;
+  if (verdict.reason === 'too_large') {
+    const what =
+      verdict.window === 'request'
+        ? `the per-request limit of ${fmt(verdict.limit, verdict.unit)}`
+        : `the whole ${verdict.window} limit of ${fmt(verdict.limit, verdict.unit)}, so it can never fit`;
+    const message =
+      `This request needs up to ${fmt(verdict.amount, verdict.unit)} (input estimate + max_tokens), more than ${what} ` +
+      `of budget "${verdict.budget}". Lower max_tokens or shorten the input, or ask the operator to raise the limit.`;
+    return {
+      status: 400,
+      blockedBy,
+      message,
+      headers: { 'x-tokenwarden-blocked-by': blockedBy, 'x-should-retry': 'false' },
+    };
+  }
+  const waitSeconds = Math.max(1, Math.ceil((verdict.resetsAt - now) / 1000));
+  const resetsAt = new Date(verdict.resetsAt).toISOString();
+  const message =
+    `Token budget "${verdict.budget}" is exhausted for this ${verdict.window}: ` +
+    `used ${fmt(verdict.used, verdict.unit)} + reserved ${fmt(verdict.reserved, verdict.unit)} of ${fmt(verdict.limit, verdict.unit)}, ` +
+    `and this request needs up to ${fmt(verdict.amount, verdict.unit)}. The ${verdict.window} window resets at ${resetsAt}.`;
+  return {
+    status: 429,
+    blockedBy,
+    message,
+    headers: {
+      'retry-after': String(waitSeconds),
+      'x-should-retry': waitSeconds <= shortRetrySeconds ? 'true' : 'false',
+      'x-tokenwarden-blocked-by': blockedBy,
+    },
+  };
 }
 
 /** How a request that was forwarded ended, before it is written to the ledger. */
 interface Ending {
-  outcome: 'ok' | 'upstream_error' | 'client_aborted';
+  /** `blocked`: an operator halt or an emergency ended the stream mid-way. */
+  outcome: 'ok' | 'upstream_error' | 'client_aborted' | 'blocked';
   status: number;
   usage: Usage | null;
   source: 'reported' | 'estimated' | 'none';
   upstreamRequestId: string | null;
+  blockReason?: string;
 }
 
 export function newRequestId(): string {
@@ -120,8 +248,10 @@ export class MessagesProxy {
   }
 
   private async record(facts: RequestFacts, outcome: Parameters<typeof ledgerRow>[1]): Promise<void> {
+    const row: LedgerRow = ledgerRow(facts, outcome);
+    this.deps.metrics?.recorded(row);
     try {
-      await this.deps.store.appendLedger(ledgerRow(facts, outcome));
+      await this.deps.store.appendLedger(row);
     } catch (err) {
       this.deps.logger.error({ err, requestId: facts.id }, 'could not write ledger row');
     }
@@ -130,6 +260,7 @@ export class MessagesProxy {
   /** POST /v1/messages */
   async messages(req: FastifyRequest, reply: FastifyReply): Promise<void> {
     const now = this.deps.now();
+    const cfg = this.deps.config;
     const parsed = parseMessagesBody(req.body as Buffer | undefined);
     const body = parsed.ok ? parsed.body : null;
     const { facts, agentError } = requestFacts(
@@ -139,13 +270,28 @@ export class MessagesProxy {
       body?.stream === true,
       body?.metadata?.user_id,
     );
-    if (facts.keyId === null) {
+
+    // Who is calling: the client's own provider key (passthrough), or a virtual key (keys mode).
+    let virtualKey: VirtualKeyRecord | null = null;
+    if (cfg.auth.mode === 'keys') {
+      const key = clientKey(req.headers);
+      virtualKey = key ? ((await this.deps.keys?.verify(key).catch(() => null)) ?? null) : null;
+      if (!virtualKey) {
+        const message = key
+          ? 'unknown or revoked tokenwarden key'
+          : 'missing credentials: send your tokenwarden key (tw_…) as x-api-key or Authorization: Bearer';
+        await this.record(facts, { outcome: 'invalid', status: 401, blockReason: message });
+        return this.sendError(reply, new GatewayError('authentication', message), facts.id);
+      }
+      facts.agent = virtualKey.agent;
+      facts.keyId = virtualKey.id;
+    } else if (facts.keyId === null) {
       // The provider would refuse it anyway; refusing here keeps anonymous callers off the budgets.
       const message = 'missing credentials: send your provider key as x-api-key or Authorization: Bearer';
       await this.record(facts, { outcome: 'invalid', status: 401, blockReason: message });
       return this.sendError(reply, new GatewayError('authentication', message), facts.id);
     }
-    const invalidMessage = parsed.ok ? agentError : parsed.message;
+    const invalidMessage = parsed.ok ? (virtualKey ? null : agentError) : parsed.message;
     if (invalidMessage !== null || body === null) {
       await this.record(facts, { outcome: 'invalid', status: 400, blockReason: invalidMessage });
       return this.sendError(
@@ -154,38 +300,82 @@ export class MessagesProxy {
         facts.id,
       );
     }
+    const price = this.deps.prices.resolve(body.model, cfg.unknownModel);
+    if (!price) {
+      const message = `model "${body.model}" has no known price and this gateway refuses unpriced models (unknownModel: "reject"); ask the operator to add it to "prices"`;
+      await this.record(facts, { outcome: 'invalid', status: 400, blockReason: message });
+      return this.sendError(reply, new GatewayError('invalid_request', message), facts.id);
+    }
 
-    const cfg = this.deps.config;
-    const inputEstimate = estimateInputTokens(
-      body,
-      cfg.estimation === 'estimate' ? 'estimate' : 'strict',
-      cfg.allowances,
-    );
-    const worst = worstCase(inputEstimate, body.max_tokens, this.weights);
-    const estimatedUsage: Usage = {
-      inputTokens: inputEstimate,
-      outputTokens: body.max_tokens,
-      cacheCreationTokens: 0,
-      cacheReadTokens: 0,
+    const upstreamHeaders = virtualKey ? this.providerAuth() : undefined;
+    const inputEstimate = await this.estimateInput(req, body, upstreamHeaders);
+    const extraBudgets = virtualKey ? keyBudgets(virtualKey) : undefined;
+    let raw = req.body as Buffer;
+    let maxTokens = body.max_tokens;
+    let clamped: string | null = null;
+
+    const attempt = async (): Promise<Admission> => {
+      const worst = worstCase(inputEstimate, maxTokens, this.weights);
+      const usdMicros = worstCostMicros(inputEstimate, maxTokens, price);
+      const estimatedUsage: Usage = {
+        inputTokens: inputEstimate,
+        outputTokens: maxTokens,
+        cacheCreationTokens: 0,
+        cacheReadTokens: 0,
+      };
+      const started = performance.now();
+      try {
+        return await this.deps.gatekeeper.admit({
+          id: facts.id,
+          now,
+          agent: facts.agent,
+          model: facts.model,
+          amount: worst.amount,
+          usdMicros,
+          ...(extraBudgets ? { extraBudgets } : {}),
+          force: cfg.mode === 'observe',
+          draft: ledgerRow(facts, {
+            outcome: 'interrupted',
+            status: 0,
+            reserved: worst.amount,
+            usage: estimatedUsage,
+            counted: worst.amount,
+            costUsd: usdMicros / 1_000_000,
+            usageSource: 'estimated',
+          }),
+        });
+      } finally {
+        this.deps.metrics?.admission(performance.now() - started);
+      }
     };
 
     let admission: Admission;
     try {
-      admission = await this.deps.gatekeeper.admit({
-        id: facts.id,
-        now,
-        agent: facts.agent,
-        model: facts.model,
-        amount: worst.amount,
-        draft: ledgerRow(facts, {
-          outcome: 'interrupted',
-          status: 0,
-          reserved: worst.amount,
-          usage: estimatedUsage,
-          counted: worst.amount,
-          usageSource: 'estimated',
-        }),
-      });
+      admission = await attempt();
+      // Clamp: lower max_tokens to what every window can still pay for, rather than refuse.
+      if (!admission.ok && cfg.overLimit === 'clamp' && clampable(admission)) {
+        const room = await this.deps.gatekeeper.headroom({
+          now,
+          agent: facts.agent,
+          model: facts.model,
+          ...(extraBudgets ? { extraBudgets } : {}),
+        });
+        const inputPart = worstCase(inputEstimate, 0, this.weights).inputPart;
+        const affordable = Math.floor((room - inputPart) / Math.max(this.weights.output, 1e-9));
+        const thinking = thinkingBudget(body);
+        if (
+          affordable >= cfg.minClampTokens &&
+          affordable < maxTokens &&
+          (thinking === null || thinking < affordable)
+        ) {
+          clamped = `${maxTokens}->${affordable}`;
+          maxTokens = affordable;
+          raw = Buffer.from(JSON.stringify({ ...(body as object), max_tokens: affordable }));
+          const second = await attempt();
+          if (second.ok) admission = second;
+          else clamped = null;
+        }
+      }
     } catch (err) {
       this.deps.logger.error({ err, requestId: facts.id }, 'budget store unavailable; failing closed');
       return this.sendError(
@@ -202,52 +392,108 @@ export class MessagesProxy {
     }
 
     if (!admission.ok) return this.refuse(reply, facts, admission, now);
+    const extraHeaders: Record<string, string> = {};
+    const rowExtras: { blockReason: string | null } = { blockReason: null };
+    if (clamped) {
+      extraHeaders['x-tokenwarden-clamped'] = clamped;
+      facts.metadata.clamped = clamped;
+    }
+    if (admission.observed) {
+      // Observe mode: nothing is blocked, but the row and a header say what would have been.
+      const why = describeRefusal(admission.observed);
+      extraHeaders['x-tokenwarden-would-block'] = why.blockedBy;
+      rowExtras.blockReason = `observe: would ${why.status === 429 ? 'block' : 'refuse'} (${why.blockedBy})`;
+      facts.metadata.wouldBlock = { status: why.status, blockedBy: why.blockedBy, message: why.message };
+    }
     await this.forward(req, reply, facts, admission.hold, {
-      raw: req.body as Buffer,
-      estimatedUsage,
-      fullCharge: worst.amount,
+      raw,
+      estimatedUsage: {
+        inputTokens: inputEstimate,
+        outputTokens: maxTokens,
+        cacheCreationTokens: 0,
+        cacheReadTokens: 0,
+      },
+      fullCharge: admission.hold.amount,
+      price,
+      upstreamHeaders,
+      extraHeaders,
+      blockReason: rowExtras.blockReason,
     });
+  }
+
+  /** `x-api-key` with the operator's provider key, replacing the client's credentials (keys mode). */
+  private providerAuth(): Record<string, string> {
+    return { 'x-api-key': this.deps.config.upstreamApiKey ?? '' };
+  }
+
+  /**
+   * The input estimate: `count` asks the provider (one extra round trip) and falls back to the strict
+   * bound if that fails; otherwise the configured local mode.
+   */
+  private async estimateInput(
+    req: FastifyRequest,
+    body: MessagesBody,
+    auth: Record<string, string> | undefined,
+  ): Promise<number> {
+    const cfg = this.deps.config;
+    if (cfg.estimation === 'count') {
+      const counted = await this.countTokens(req, body, auth);
+      if (counted !== null) return counted;
+    }
+    return estimateInputTokens(body, cfg.estimation === 'estimate' ? 'estimate' : 'strict', cfg.allowances);
+  }
+
+  private async countTokens(
+    req: FastifyRequest,
+    body: MessagesBody,
+    auth: Record<string, string> | undefined,
+  ): Promise<number | null> {
+    // count_tokens takes a subset of the create parameters (no max_tokens, stream or metadata).
+    const subset: Record<string, unknown> = {};
+    for (const k of COUNT_FIELDS) if (body[k] !== undefined) subset[k] = body[k];
+    const payload = Buffer.from(JSON.stringify(subset));
+    try {
+      const up = await this.deps.upstream.request({
+        method: 'POST',
+        path: '/v1/messages/count_tokens',
+        headers: this.upstreamHeaders(req.headers, payload.length, auth),
+        body: payload,
+        signal: AbortSignal.timeout(10_000),
+      });
+      const text = await readAll(up.body as AsyncIterable<Buffer>, 1 << 20);
+      if (up.statusCode !== 200) return null;
+      const n = (JSON.parse(text.toString('utf8')) as { input_tokens?: unknown }).input_tokens;
+      return typeof n === 'number' && Number.isFinite(n) && n >= 0 ? Math.ceil(n) : null;
+    } catch (err) {
+      this.deps.logger.warn({ err }, 'count_tokens failed; using the strict estimate');
+      return null;
+    }
+  }
+
+  private upstreamHeaders(
+    incoming: IncomingHttpHeaders,
+    length: number,
+    auth: Record<string, string> | undefined,
+  ): Record<string, string | string[]> {
+    const headers = upstreamRequestHeaders(incoming, length, auth);
+    if (auth) {
+      // Keys mode: the virtual key never reaches the provider.
+      if (!('authorization' in auth)) delete headers.authorization;
+    }
+    return headers;
   }
 
   private async refuse(
     reply: FastifyReply,
     facts: RequestFacts,
-    verdict: Exclude<Admission, { ok: true }>,
+    verdict: Refusal,
     now: number,
   ): Promise<void> {
-    const blockedBy = `budget=${verdict.budget}; window=${verdict.window}`;
-    if (verdict.reason === 'too_large') {
-      const what =
-        verdict.window === 'request'
-          ? `the per-request limit of ${verdict.limit} tokens`
-          : `the whole ${verdict.window} limit of ${verdict.limit} tokens, so it can never fit`;
-      const message =
-        `This request needs up to ${verdict.amount} tokens (input estimate + max_tokens), more than ${what} ` +
-        `of budget "${verdict.budget}". Lower max_tokens or shorten the input, or ask the operator to raise the limit.`;
-      await this.record(facts, { outcome: 'blocked', status: 400, blockReason: blockedBy });
-      return this.sendError(
-        reply,
-        new GatewayError('invalid_request', message, {
-          'x-tokenwarden-blocked-by': blockedBy,
-          'x-should-retry': 'false',
-        }),
-        facts.id,
-      );
-    }
-    const waitSeconds = Math.max(1, Math.ceil((verdict.resetsAt - now) / 1000));
-    const resetsAt = new Date(verdict.resetsAt).toISOString();
-    const message =
-      `Token budget "${verdict.budget}" is exhausted for this ${verdict.window}: ` +
-      `used ${verdict.used} + reserved ${verdict.reserved} of ${verdict.limit} tokens, ` +
-      `and this request needs up to ${verdict.amount}. The ${verdict.window} window resets at ${resetsAt}.`;
-    await this.record(facts, { outcome: 'blocked', status: 429, blockReason: blockedBy });
+    const why = describeRefusal(verdict, now, this.deps.config.shortRetrySeconds);
+    await this.record(facts, { outcome: 'blocked', status: why.status, blockReason: why.blockedBy });
     return this.sendError(
       reply,
-      new GatewayError('budget_exhausted', message, {
-        'retry-after': String(waitSeconds),
-        'x-should-retry': waitSeconds <= this.deps.config.shortRetrySeconds ? 'true' : 'false',
-        'x-tokenwarden-blocked-by': blockedBy,
-      }),
+      new GatewayError(why.status === 429 ? 'budget_exhausted' : 'invalid_request', why.message, why.headers),
       facts.id,
     );
   }
@@ -261,7 +507,7 @@ export class MessagesProxy {
     reply: FastifyReply,
     facts: RequestFacts,
     hold: Hold,
-    charge: { raw: Buffer; estimatedUsage: Usage; fullCharge: number },
+    charge: ForwardCharge,
   ): Promise<void> {
     reply.hijack();
     const res = reply.raw;
@@ -273,8 +519,16 @@ export class MessagesProxy {
         ac.abort();
       }
     });
-    const tracked = this.deps.inflight.add(() => ac.abort());
-    const ours = remainingHeaders(facts.id, hold);
+    /** Set when an operator halt ends this request: the stream gets an error frame saying so. */
+    let haltedBy: string | null = null;
+    const tracked = this.deps.inflight.add({
+      budgets: hold.budgets,
+      abort: (reason) => {
+        haltedBy = reason ?? null;
+        ac.abort();
+      },
+    });
+    const ours = { ...remainingHeaders(facts.id, hold), ...charge.extraHeaders };
 
     const settle = async (end: Ending): Promise<void> => {
       let counted: number;
@@ -296,17 +550,28 @@ export class MessagesProxy {
       } else {
         counted = 0;
       }
+      const cost = usage && end.source !== 'none' ? costUsd(usage, charge.price) : 0;
+      // Never charge less than the hold for an unknown outcome; the USD counter follows the tokens.
+      const usdMicros =
+        end.source === 'none'
+          ? 0
+          : end.source === 'estimated' && !end.usage
+            ? hold.usdMicros
+            : toMicros(cost);
       const row = ledgerRow(facts, {
         outcome: end.outcome,
         status: end.status,
         reserved: hold.amount,
         usage,
         counted,
+        costUsd: end.source === 'none' ? 0 : Math.max(cost, usdMicros / 1_000_000),
         usageSource: end.source,
         upstreamRequestId: end.upstreamRequestId,
+        blockReason: end.blockReason ?? charge.blockReason,
       });
+      this.deps.metrics?.settled(row);
       try {
-        await this.deps.gatekeeper.settle(hold, counted, row);
+        await this.deps.gatekeeper.settle(hold, counted, usdMicros, row);
       } catch (err) {
         // The hold stays in the store and is charged in full when reclaimed: conservative, not lost.
         this.deps.logger.error({ err, requestId: facts.id }, 'could not settle hold');
@@ -315,14 +580,16 @@ export class MessagesProxy {
 
     try {
       let up: Dispatcher.ResponseData;
+      const upstreamStarted = performance.now();
       try {
         up = await this.deps.upstream.request({
           method: 'POST',
           path: req.url.replace(/^.*?(\/v1\/)/, '$1'),
-          headers: upstreamRequestHeaders(req.headers, charge.raw.length),
+          headers: this.upstreamHeaders(req.headers, charge.raw.length, charge.upstreamHeaders),
           body: charge.raw,
           signal: ac.signal,
         });
+        this.deps.metrics?.upstream(performance.now() - upstreamStarted);
       } catch (err) {
         const kind = clientGone ? 'aborted' : classifyUpstreamError(err);
         if (kind === 'aborted') {
@@ -382,7 +649,16 @@ export class MessagesProxy {
       }
 
       if (contentType.startsWith('text/event-stream')) {
-        await this.streamSse(res, up, headers, ac, () => clientGone, settle, upstreamRequestId);
+        await this.streamSse(
+          res,
+          up,
+          headers,
+          ac,
+          () => clientGone,
+          () => haltedBy,
+          settle,
+          upstreamRequestId,
+        );
         return;
       }
 
@@ -455,6 +731,7 @@ export class MessagesProxy {
     headers: ReturnType<typeof clientResponseHeaders>,
     ac: AbortController,
     clientGone: () => boolean,
+    haltedBy: () => string | null,
     settle: (end: Ending) => Promise<void>,
     upstreamRequestId: string | null,
   ): Promise<void> {
@@ -493,15 +770,19 @@ export class MessagesProxy {
       return;
     }
     const complete = !broken && tap.sawStop && tap.sawDelta && tap.errorType === null && tap.usage !== null;
+    const halt = complete ? null : haltedBy();
     await settle({
-      outcome: complete ? 'ok' : 'upstream_error',
+      outcome: complete ? 'ok' : halt !== null ? 'blocked' : 'upstream_error',
       status: 200,
       usage: tap.usage,
       source: complete ? 'reported' : 'estimated',
       upstreamRequestId,
+      ...(halt !== null ? { blockReason: halt } : {}),
     });
     if (held) res.write(held);
-    if (!complete && tap.errorType === null) {
+    if (halt !== null) {
+      res.write(sseErrorFrame('rate_limit_error', halt));
+    } else if (!complete && tap.errorType === null) {
       // The provider's stream broke without saying why: tell the client in the stream's own format.
       res.write(
         sseErrorFrame('api_error', 'The provider stream ended unexpectedly; the request was not completed.'),
@@ -517,6 +798,17 @@ export class MessagesProxy {
       await this.record(facts, { outcome: 'invalid', status: 400, blockReason: agentError });
       return this.sendError(reply, new GatewayError('invalid_request', agentError), facts.id);
     }
+    if (this.deps.config.auth.mode === 'keys') {
+      const key = clientKey(req.headers);
+      const record = key ? await this.deps.keys?.verify(key).catch(() => null) : null;
+      if (!record) {
+        const message = 'unknown, revoked or missing tokenwarden key';
+        await this.record(facts, { outcome: 'invalid', status: 401, blockReason: message });
+        return this.sendError(reply, new GatewayError('authentication', message), facts.id);
+      }
+      facts.agent = record.agent;
+      facts.keyId = record.id;
+    }
     const raw = Buffer.isBuffer(req.body) ? req.body : undefined;
     const upPath = req.url.replace(/^.*?(\/v1\/)/, '$1');
     reply.hijack();
@@ -525,12 +817,16 @@ export class MessagesProxy {
     res.on('close', () => {
       if (!res.writableFinished) ac.abort();
     });
-    const tracked = this.deps.inflight.add(() => ac.abort());
+    const tracked = this.deps.inflight.add({ budgets: [], abort: () => ac.abort() });
     try {
       const up = await this.deps.upstream.request({
         method: req.method as Dispatcher.HttpMethod,
         path: upPath,
-        headers: upstreamRequestHeaders(req.headers as IncomingHttpHeaders, raw?.length ?? 0),
+        headers: this.upstreamHeaders(
+          req.headers,
+          raw?.length ?? 0,
+          this.deps.config.auth.mode === 'keys' ? this.providerAuth() : undefined,
+        ),
         ...(raw ? { body: raw } : {}),
         signal: ac.signal,
       });

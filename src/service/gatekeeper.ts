@@ -1,7 +1,10 @@
-import { holdEntries, planAdmission, tightestRemaining } from '../budget/admission.js';
+import { planAdmission, tightestRemaining } from '../budget/admission.js';
+import { matchesScope } from '../budget/scope.js';
 import type { BudgetDef, WindowKind, WindowSlot } from '../budget/types.js';
 import type { WindowResolver } from '../budget/windows.js';
-import type { BudgetStore, HoldEntry, LedgerRow } from '../store/ports.js';
+import type { BudgetStore, EmergencyState, HoldEntry, LedgerRow } from '../store/ports.js';
+
+export type Unit = 'tokens' | 'usd';
 
 export interface AdmissionRequest {
   id: string;
@@ -10,28 +13,37 @@ export interface AdmissionRequest {
   model: string | null;
   /** Worst case in counted tokens (input part + output part). */
   amount: number;
+  /** Worst-case cost in micro-dollars, or null when it has no price (then USD limits cannot apply). */
+  usdMicros: number | null;
   /** Row written if the hold is reclaimed after a crash. */
   draft: LedgerRow;
+  /** Budgets that apply to this request only (a virtual key's own limits). */
+  extraBudgets?: readonly BudgetDef[];
+  /** Observe mode: record the hold without checking limits (the verdict is reported, not enforced). */
+  force?: boolean;
 }
 
 /** A granted hold: what was reserved, where, and what remains after it. */
 export interface Hold {
   id: string;
   amount: number;
+  usdMicros: number;
   entries: HoldEntry[];
+  units: Unit[];
   slots: WindowSlot[];
-  /** Tightest remaining per window kind after the hold (absent: no limit). */
+  /** Tightest remaining tokens per window kind after the hold (absent: no limit). */
   remaining: Partial<Record<WindowKind, number>>;
+  /** Names of the budgets the request counts against. */
+  budgets: string[];
 }
 
-/** Admission verdicts are data; only the HTTP edge turns a refusal into a response. */
-export type Admission =
-  | { ok: true; hold: Hold }
+export type Refusal =
   | {
       ok: false;
       reason: 'too_large';
       budget: string;
       window: WindowKind | 'request';
+      unit: Unit;
       limit: number;
       amount: number;
     }
@@ -40,12 +52,17 @@ export type Admission =
       reason: 'exhausted';
       budget: string;
       window: WindowKind;
+      unit: Unit;
       limit: number;
       used: number;
       reserved: number;
       amount: number;
       resetsAt: number;
-    };
+    }
+  | { ok: false; reason: 'emergency'; budget: string; state: EmergencyState };
+
+/** Admission verdicts are data; only the HTTP edge turns a refusal into a response. */
+export type Admission = { ok: true; hold: Hold; observed: Refusal | null } | Refusal;
 
 export interface GatekeeperDeps {
   store: BudgetStore;
@@ -55,11 +72,23 @@ export interface GatekeeperDeps {
   owner: string;
   /** Hold lease (ms). */
   holdTtlMs: number;
+  /** Emergency state in force for a budget name (or `*`), if any. */
+  emergency: (budgets: readonly string[], now: number) => EmergencyState | null;
+}
+
+/** USD counters share the token windows but live in their own series. */
+function usdSlot(slot: WindowSlot, limitUsd: number | undefined): WindowSlot {
+  return {
+    ...slot,
+    series: slot.series.replace(/\|(rolling-)?(month|day|hour)$/, '|usd-$1$2'),
+    limit: limitUsd === undefined ? null : Math.floor(limitUsd * 1_000_000),
+  };
 }
 
 /**
- * Admission and settlement over a store: plans the windows a request must fit (pure engine), reserves
- * them atomically in the store, and later settles the hold to the actual charge.
+ * Admission and settlement over a store: plans the windows a request must fit (pure engine), checks
+ * emergencies, reserves every token and USD window atomically in the store, and later settles the
+ * hold to the actual charge.
  */
 export class Gatekeeper {
   private budgets: BudgetDef[];
@@ -76,58 +105,183 @@ export class Gatekeeper {
     this.budgets = budgets;
   }
 
-  /** Reserve the request's worst case in every matching window, or refuse. Rejects on store failure. */
-  async admit(req: AdmissionRequest): Promise<Admission> {
+  /** Budgets that cover a request from `agent` for `model`. */
+  matching(agent: string, model: string | null, extra: readonly BudgetDef[] = []): BudgetDef[] {
+    return [...this.budgets, ...extra].filter((b) => matchesScope(b.scope, agent, model));
+  }
+
+  /**
+   * The slots of a plan with USD windows appended for budgets that carry USD limits, and the
+   * matching entries and units. Exposed for clamping, which re-plans with a smaller amount.
+   */
+  private plan(req: AdmissionRequest) {
+    const budgets = req.extraBudgets?.length ? [...this.budgets, ...req.extraBudgets] : this.budgets;
     const plan = planAdmission({
-      budgets: this.budgets,
+      budgets,
       resolver: this.deps.resolver,
       now: req.now,
       agent: req.agent,
       model: req.model,
       amount: req.amount,
     });
-    if (plan.tooLarge) {
-      return { ok: false, reason: 'too_large', ...plan.tooLarge, amount: req.amount };
+    const slots = [...plan.slots];
+    const units: Unit[] = slots.map(() => 'tokens');
+    let usdTooLarge: Refusal | null = null;
+    if (req.usdMicros !== null) {
+      for (const b of plan.matched) {
+        if (!b.usd) continue;
+        const perRequest = b.usd.request;
+        if (perRequest !== undefined && req.usdMicros > perRequest * 1_000_000 && !usdTooLarge) {
+          usdTooLarge = {
+            ok: false,
+            reason: 'too_large',
+            budget: b.name,
+            window: 'request',
+            unit: 'usd',
+            limit: perRequest,
+            amount: req.usdMicros / 1_000_000,
+          };
+        }
+        for (const s of this.deps.resolver.slots(b, req.now)) {
+          slots.push(usdSlot(s, b.usd[s.kind]));
+          units.push('usd');
+        }
+      }
     }
-    const entries = holdEntries(plan.slots, req.amount);
-    const result = await this.deps.store.reserve({
-      holdId: req.id,
-      entries,
-      owner: this.deps.owner,
-      expiresAt: req.now + this.deps.holdTtlMs,
-      draft: req.draft,
-    });
+    return { plan, slots, units, usdTooLarge };
+  }
+
+  /** Reserve the request's worst case in every matching window, or refuse. Rejects on store failure. */
+  async admit(req: AdmissionRequest): Promise<Admission> {
+    const { plan, slots, units, usdTooLarge } = this.plan(req);
+    const names = plan.matched.map((b) => b.name);
+    let observed: Refusal | null = null;
+    const refuse = (r: Refusal): Refusal | null => {
+      if (!req.force) return r;
+      observed ??= r;
+      return null;
+    };
+
+    const emergency = this.deps.emergency(names, req.now);
+    if (emergency) {
+      const r = refuse({ ok: false, reason: 'emergency', budget: emergency.budget, state: emergency });
+      if (r) return r;
+    }
+    if (plan.tooLarge) {
+      const r = refuse({
+        ok: false,
+        reason: 'too_large',
+        unit: 'tokens',
+        ...plan.tooLarge,
+        amount: req.amount,
+      });
+      if (r) return r;
+    }
+    if (usdTooLarge) {
+      const r = refuse(usdTooLarge);
+      if (r) return r;
+    }
+    for (let i = plan.slots.length; i < slots.length; i++) {
+      const s = slots[i] as WindowSlot;
+      if (s.limit !== null && (req.usdMicros ?? 0) > s.limit) {
+        const r = refuse({
+          ok: false,
+          reason: 'too_large',
+          budget: s.budget,
+          window: s.kind,
+          unit: 'usd',
+          limit: s.limit / 1_000_000,
+          amount: (req.usdMicros ?? 0) / 1_000_000,
+        });
+        if (r) return r;
+        break;
+      }
+    }
+
+    const amounts = units.map((u) => (u === 'usd' ? (req.usdMicros ?? 0) : req.amount));
+    const entries = (limited: boolean): HoldEntry[] =>
+      slots.map((s, i) => ({
+        series: s.series,
+        bucket: s.bucket,
+        from: s.from,
+        limit: limited ? s.limit : null,
+        amount: amounts[i] as number,
+      }));
+    const reserve = (limited: boolean) =>
+      this.deps.store.reserve({
+        holdId: req.id,
+        entries: entries(limited),
+        owner: this.deps.owner,
+        expiresAt: req.now + this.deps.holdTtlMs,
+        draft: req.draft,
+      });
+
+    let result = await reserve(true);
     if (!result.ok) {
-      const slot = plan.slots[result.entry] as WindowSlot;
-      return {
+      const slot = slots[result.entry] as WindowSlot;
+      const unit = units[result.entry] as Unit;
+      const scale = unit === 'usd' ? 1_000_000 : 1;
+      const refusal: Refusal = {
         ok: false,
         reason: 'exhausted',
         budget: slot.budget,
         window: slot.kind,
-        limit: slot.limit ?? 0,
-        used: result.used,
-        reserved: result.reserved,
-        amount: req.amount,
+        unit,
+        limit: (slot.limit ?? 0) / scale,
+        used: result.used / scale,
+        reserved: result.reserved / scale,
+        amount: (amounts[result.entry] as number) / scale,
         resetsAt: slot.resetsAt,
       };
+      const r = refuse(refusal);
+      if (r) return r;
+      // Observe mode: the request goes through and its usage is still counted, limits or not.
+      result = await reserve(false);
+      if (!result.ok) throw new Error('unlimited reserve refused');
     }
+    const tokenSlots = slots.slice(0, plan.slots.length);
     return {
       ok: true,
+      observed,
       hold: {
         id: req.id,
         amount: req.amount,
-        entries,
-        slots: plan.slots,
-        remaining: tightestRemaining(plan.slots, result.after),
+        usdMicros: req.usdMicros ?? 0,
+        entries: entries(false),
+        units,
+        slots,
+        remaining: tightestRemaining(tokenSlots, result.after.slice(0, plan.slots.length)),
+        budgets: names,
       },
     };
   }
 
-  /** Replace the hold by `counted` tokens in every window (0 releases it) and write the ledger row. */
-  settle(hold: Hold, counted: number, row: LedgerRow): Promise<void> {
+  /**
+   * What every limited token window of a request can still pay for right now (min over windows of
+   * limit − used − reserved, and the per-request limits), for clamping `max_tokens`. Reads only.
+   */
+  async headroom(req: Pick<AdmissionRequest, 'now' | 'agent' | 'model' | 'extraBudgets'>): Promise<number> {
+    const budgets = req.extraBudgets?.length ? [...this.budgets, ...req.extraBudgets] : this.budgets;
+    const plan = planAdmission({ ...req, budgets, resolver: this.deps.resolver, amount: 0 });
+    let room = Number.POSITIVE_INFINITY;
+    for (const b of plan.matched) if (b.request !== undefined) room = Math.min(room, b.request);
+    const limited = plan.slots.filter((s) => s.limit !== null);
+    const totals = await this.deps.store.usage(limited.map((s) => ({ series: s.series, from: s.from })));
+    limited.forEach((s, i) => {
+      const t = totals[i] ?? { used: 0, reserved: 0 };
+      room = Math.min(room, (s.limit as number) - t.used - t.reserved);
+    });
+    return Math.max(0, room);
+  }
+
+  /**
+   * Replace the hold by the actual charge in every window — `counted` tokens, `usdMicros` cost
+   * (0 and 0 release it) — and write the ledger row, atomically.
+   */
+  settle(hold: Hold, counted: number, usdMicros: number, row: LedgerRow): Promise<void> {
     return this.deps.store.settle(
       hold.id,
-      hold.entries.map(() => counted),
+      hold.units.map((u) => (u === 'usd' ? usdMicros : counted)),
       row,
     );
   }

@@ -1,23 +1,29 @@
+export interface InflightEntry {
+  /** Budgets the request counts against (an operator halt of one of them ends it). */
+  budgets: readonly string[];
+  /** Cancel the request; `reason` is told to the client when it is an operator's halt. */
+  abort(reason?: string): void;
+}
+
 /**
  * Requests being proxied right now, so a graceful shutdown can wait for them and, past its grace
- * period, cancel them (each cancelled request still settles its hold).
+ * period, cancel them, and a halt can end the streams it covers. A cancelled request still settles.
  */
 export class InflightTracker {
-  private readonly aborts = new Set<() => void>();
+  private readonly entries = new Set<InflightEntry>();
   private waiters: Array<() => void> = [];
 
   get size(): number {
-    return this.aborts.size;
+    return this.entries.size;
   }
 
   /** Register a request; call `done()` once it has settled. */
-  add(abort: () => void): { done(): void } {
-    const entry = () => abort();
-    this.aborts.add(entry);
+  add(entry: InflightEntry): { done(): void } {
+    this.entries.add(entry);
     return {
       done: () => {
-        this.aborts.delete(entry);
-        if (this.aborts.size === 0) {
+        this.entries.delete(entry);
+        if (this.entries.size === 0) {
           for (const w of this.waiters) w();
           this.waiters = [];
         }
@@ -27,7 +33,7 @@ export class InflightTracker {
 
   /** Resolves once nothing is in flight, or after `timeoutMs`; returns whether it drained. */
   drain(timeoutMs: number): Promise<boolean> {
-    if (this.aborts.size === 0) return Promise.resolve(true);
+    if (this.entries.size === 0) return Promise.resolve(true);
     return new Promise((resolve) => {
       const timer = setTimeout(() => resolve(false), timeoutMs);
       this.waiters.push(() => {
@@ -38,6 +44,18 @@ export class InflightTracker {
   }
 
   abortAll(): void {
-    for (const abort of this.aborts) abort();
+    for (const e of this.entries) e.abort();
+  }
+
+  /** End the requests covered by `budget` (`*`: all that count against any budget). Returns how many. */
+  halt(budget: string, reason: string): number {
+    let n = 0;
+    for (const e of this.entries) {
+      if (e.budgets.length > 0 && (budget === '*' || e.budgets.includes(budget))) {
+        e.abort(reason);
+        n++;
+      }
+    }
+    return n;
   }
 }

@@ -1,7 +1,7 @@
 import type { BudgetDef, WindowKind } from '../budget/types.js';
 import type { WindowResolver } from '../budget/windows.js';
 import type { Config } from '../config/schema.js';
-import type { BudgetStore } from '../store/ports.js';
+import type { BudgetStore, EmergencyState } from '../store/ports.js';
 
 export type Status = 'ok' | 'warning' | 'critical' | 'emergency';
 
@@ -25,6 +25,8 @@ export interface BudgetReport {
   windows: Record<WindowKind, WindowReport>;
   perRequestLimit: number | null;
   emergency: boolean;
+  /** Present while in emergency: since/until (ISO; until null = until resumed), reason, manual. */
+  emergencyState?: { since: string; until: string | null; reason: string; manual: boolean };
   status: Status;
 }
 
@@ -75,9 +77,12 @@ export async function buildSummary(deps: {
   resolver: WindowResolver;
   budgets: readonly BudgetDef[];
   config: Pick<Config, 'thresholds' | 'mode'>;
+  /** Emergency states in force. */
+  emergencies?: readonly EmergencyState[];
   now: number;
 }): Promise<SummaryDoc> {
   const { store, resolver, budgets, config, now } = deps;
+  const emergencies = deps.emergencies ?? [];
   const slotLists = budgets.map((b) => resolver.slots(b, now));
   const flat = slotLists.flat();
   const totals = await store.usage(flat.map((s) => ({ series: s.series, from: s.from })));
@@ -108,6 +113,8 @@ export async function buildSummary(deps: {
       if (slot.kind !== 'month' && l === 'emergency') l = 'critical';
       bStatus = worst(bStatus, l);
     }
+    const emergency = emergencies.find((e) => e.budget === b.name || e.budget === '*') ?? null;
+    if (emergency) bStatus = 'emergency';
     status = worst(status, bStatus);
     return {
       name: b.name,
@@ -115,7 +122,17 @@ export async function buildSummary(deps: {
       rolling: b.rolling,
       windows,
       perRequestLimit: b.request ?? null,
-      emergency: false,
+      emergency: emergency !== null,
+      ...(emergency
+        ? {
+            emergencyState: {
+              since: new Date(emergency.since).toISOString(),
+              until: emergency.until === null ? null : new Date(emergency.until).toISOString(),
+              reason: emergency.reason,
+              manual: emergency.manual,
+            },
+          }
+        : {}),
       status: bStatus,
     };
   });

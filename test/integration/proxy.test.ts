@@ -264,7 +264,7 @@ describe('refusals', () => {
     expect(e.message).toContain('rate_limit_error');
     const body = e.error as { error?: { message?: string } };
     expect(body.error?.message).toMatch(
-      /budget "global".*month.*used \d+ \+ reserved 0 of 1000.*resets at \d{4}-/s,
+      /budget "global".*month.*used \d+ tokens \+ reserved 0 tokens of 1000 tokens.*resets at \d{4}-/s,
     );
     expect(h.upstream.requestCount).toBe(1);
     const blocked = (await h.ledger()).filter((r) => r.outcome === 'blocked');

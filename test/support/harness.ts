@@ -24,6 +24,10 @@ export interface Harness {
   client(opts?: ConstructorParameters<typeof Anthropic>[0]): Anthropic;
   summary(): Promise<SummaryDoc>;
   ledger(): Promise<LedgerRow[]>;
+  /** Stop the gateway and start a new one on the same database (a restart). */
+  restart(): Promise<void>;
+  /** fetch an operator or agent path on the gateway. */
+  api(path: string, init?: RequestInit): Promise<Response>;
   close(): Promise<void>;
 }
 
@@ -41,10 +45,12 @@ export async function startHarness(
     logLevel: 'silent',
     ...configInput,
   });
-  const gateway = await startGateway(config, { logger: createLogger('silent') });
+  let gateway = await startGateway(config, { logger: createLogger('silent') });
   return {
     upstream,
-    gateway,
+    get gateway() {
+      return gateway;
+    },
     config,
     dir,
     client: (o = {}) => new Anthropic({ baseURL: gateway.url, apiKey: 'sk-test-key', ...o }),
@@ -54,6 +60,11 @@ export async function startHarness(
       return (await res.json()) as SummaryDoc;
     },
     ledger: () => gateway.store.queryLedger({ limit: 100_000 }),
+    async restart() {
+      await gateway.close({ graceMs: 1000 });
+      gateway = await startGateway({ ...config, port: 0 }, { logger: createLogger('silent') });
+    },
+    api: (path, init) => fetch(`${gateway.url}${path}`, init),
     async close() {
       await gateway.close({ graceMs: 1000 });
       if (!opts.upstream) await upstream.close();
@@ -70,4 +81,50 @@ export function billTotal(u: FakeUpstream): number {
 
 export function rowTotal(r: LedgerRow): number {
   return r.inputTokens + r.outputTokens + r.cacheCreationTokens + r.cacheReadTokens;
+}
+
+/** A local HTTP server that records JSON POSTs (a webhook receiver). */
+export async function startReceiver(): Promise<{
+  url: string;
+  bodies: unknown[];
+  waitFor(n: number, timeoutMs?: number): Promise<void>;
+  close(): Promise<void>;
+}> {
+  const { createServer } = await import('node:http');
+  const bodies: unknown[] = [];
+  const server = createServer((req, res) => {
+    let data = '';
+    req.on('data', (c: Buffer) => {
+      data += c.toString();
+    });
+    req.on('end', () => {
+      bodies.push(JSON.parse(data));
+      res.writeHead(200).end('ok');
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  const address = server.address();
+  const port = typeof address === 'object' && address ? address.port : 0;
+  return {
+    url: `http://127.0.0.1:${port}/hooks/T000/B000`,
+    bodies,
+    async waitFor(n, timeoutMs = 5000) {
+      const end = Date.now() + timeoutMs;
+      while (bodies.length < n) {
+        if (Date.now() > end) throw new Error(`receiver got ${bodies.length} of ${n} posts`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    },
+    close: () => new Promise<void>((r) => server.close(() => r())),
+  };
+}
+
+/** Poll until `check` holds. */
+export async function waitUntil(check: () => boolean | Promise<boolean>, timeoutMs = 5000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    if (await check()) return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error('condition not met in time');
 }

@@ -1,0 +1,61 @@
+import type { Logger } from 'pino';
+import type { ControlStore, EmergencyState } from '../store/ports.js';
+
+/**
+ * The emergency states in force, read on every admission from memory and refreshed from the store
+ * every second, so a `tokenwarden halt` run by another process (or replica) takes effect within a
+ * second. Changes made through this guard apply at once.
+ */
+export class EmergencyGuard {
+  private states: EmergencyState[] = [];
+  private timer: NodeJS.Timeout | null = null;
+
+  constructor(
+    private readonly store: Pick<ControlStore, 'setEmergency' | 'clearEmergency' | 'listEmergencies'>,
+    private readonly logger: Logger,
+    private readonly refreshMs = 1000,
+  ) {}
+
+  async start(): Promise<void> {
+    await this.refresh();
+    this.timer = setInterval(() => {
+      this.refresh().catch((err: unknown) => this.logger.error({ err }, 'could not refresh emergency state'));
+    }, this.refreshMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+  }
+
+  async refresh(): Promise<void> {
+    this.states = await this.store.listEmergencies();
+  }
+
+  /** States in force at `now` (those whose period has ended lift by themselves). */
+  list(now: number): EmergencyState[] {
+    return this.states.filter((s) => s.until === null || s.until > now);
+  }
+
+  /** The state blocking a request covered by `budgets`, if any: a global halt first. */
+  active(budgets: readonly string[], now: number): EmergencyState | null {
+    for (const s of this.states) {
+      if (s.until !== null && s.until <= now) continue;
+      if (s.budget === '*' || budgets.includes(s.budget)) return s;
+    }
+    return null;
+  }
+
+  async trip(state: EmergencyState): Promise<void> {
+    await this.store.setEmergency(state);
+    await this.refresh();
+  }
+
+  /** Lift the emergency of one budget, or every emergency when `budget` is undefined. */
+  async resume(budget?: string): Promise<number> {
+    const n = await this.store.clearEmergency(budget);
+    await this.refresh();
+    return n;
+  }
+}
