@@ -14,17 +14,15 @@ import { AlertMonitor } from './alerts/monitor.js';
 import { isLoopback } from './api/auth.js';
 import { buildApp } from './app.js';
 import { PriceTable } from './budget/prices.js';
-import { WindowResolver } from './budget/windows.js';
 import type { Config } from './config/schema.js';
 import { KeyService } from './keys/keys.js';
 import { createLogger } from './logger.js';
 import { MessagesProxy } from './proxy/messages.js';
 import { UpstreamClient } from './proxy/upstream.js';
-import { EmergencyGuard } from './service/emergency.js';
-import { Gatekeeper } from './service/gatekeeper.js';
+import { buildCore } from './service/core.js';
 import { InflightTracker } from './service/inflight.js';
 import { Metrics } from './service/metrics.js';
-import { OperatorService, persistedBudgets, toBudgetDefs } from './service/operator.js';
+import type { OperatorService } from './service/operator.js';
 import type { Store } from './store/ports.js';
 import { openSqliteStore } from './store/sqlite/sqlite-store.js';
 
@@ -98,24 +96,23 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   const reclaimed = await store.reclaim({ now: now(), keepOwner: owner });
   if (reclaimed > 0) logger.warn({ reclaimed }, 'charged holds left by an earlier process in full');
 
-  const stored = await persistedBudgets(store);
-  if (stored)
-    logger.warn('using the budgets set through the API (stored in the database), not the config file');
-  const budgets = stored ?? config.budgets;
-
-  const resolver = new WindowResolver({ timezone: config.timezone, cycleDay: config.cycleDay });
-  const emergency = new EmergencyGuard(store, logger);
-  await emergency.start();
-  const gatekeeper = new Gatekeeper({
-    store,
-    resolver,
-    budgets: toBudgetDefs(budgets),
-    owner,
-    holdTtlMs: config.upstreamTimeoutMs * 2 + 60_000,
-    emergency: (names, at) => emergency.active(names, at),
-  });
-  const channels = alertChannels(config, logger);
   const inflight = new InflightTracker();
+  // Alert evaluation is poked after each settle, at most a few times a second (set below).
+  let pokeAlerts = () => {};
+  const { resolver, emergency, gatekeeper, operator, budgetsFromStore } = await buildCore({
+    config,
+    store,
+    logger,
+    now,
+    owner,
+    inflight,
+    onBudgetsChanged: () => pokeAlerts(),
+  });
+  if (budgetsFromStore) {
+    logger.warn('using the budgets set through the API (stored in the database), not the config file');
+  }
+  await emergency.start();
+  const channels = alertChannels(config, logger);
   const monitor = new AlertMonitor({
     store,
     resolver,
@@ -133,7 +130,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   });
   // Evaluate thresholds at most a few times a second, however busy the gateway is.
   let alertTimer: NodeJS.Timeout | null = null;
-  const pokeAlerts = () => {
+  pokeAlerts = () => {
     if (alertTimer) return;
     alertTimer = setTimeout(() => {
       alertTimer = null;
@@ -175,10 +172,6 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
       },
     },
   });
-  const operator = new OperatorService(
-    { store, resolver, gatekeeper, emergency, inflight, config, now, onBudgetsChanged: pokeAlerts },
-    budgets,
-  );
   const app = buildApp({ config, logger, proxy, store, operator, metrics, now });
   // Alerts that crossed while the gateway was down are raised at start.
   monitor.poke();
