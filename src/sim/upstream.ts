@@ -131,6 +131,8 @@ export const FAKE_HEADERS = {
   streamErrorType: 'x-fake-stream-error-type',
   messageDeltas: 'x-fake-message-deltas',
   eventDelayMs: 'x-fake-event-delay-ms',
+  /** Fail only `count_tokens` with this status (the create call still succeeds). */
+  countStatus: 'x-fake-count-status',
 } as const;
 
 export const FAKE_DEFAULT_OUTPUT_TOKENS = 12;
@@ -551,6 +553,12 @@ class FakeUpstreamServer implements FakeUpstream {
     const cacheCreation = intHeader(h, FAKE_HEADERS.cacheCreation) ?? 0;
     const cacheRead = intHeader(h, FAKE_HEADERS.cacheRead) ?? 0;
     if (isCount) {
+      const countStatus = intHeader(h, FAKE_HEADERS.countStatus);
+      if (countStatus !== undefined && countStatus >= 400 && countStatus <= 599) {
+        const type = errorTypeForStatus(countStatus);
+        this.sendError(ex, countStatus, type, ERROR_MESSAGES[type] ?? 'Error');
+        return;
+      }
       this.sendJson(ex, 200, { input_tokens: input + cacheCreation + cacheRead });
       return;
     }

@@ -1,5 +1,6 @@
 import Anthropic from '@anthropic-ai/sdk';
 import { afterEach, describe, expect, it } from 'vitest';
+import { estimateInputTokens } from '../../src/budget/estimate.js';
 import { KeyService } from '../../src/keys/keys.js';
 import type { SummaryDoc } from '../../src/service/summary.js';
 import {
@@ -359,6 +360,17 @@ describe('policies', () => {
     expect(counts).toHaveLength(1);
     const billedInput = h.upstream.requests.find((r) => r.path === '/v1/messages')?.billed?.inputTokens ?? 0;
     expect(Number(response.headers.get('x-tokenwarden-reserved'))).toBe(billedInput + 100);
+
+    // When count_tokens fails, the strict bound is used instead and the request still goes through.
+    const body = { model: MODEL, max_tokens: 100, messages: hello };
+    const fallback = await h
+      .client({ maxRetries: 0 })
+      .messages.create(body, { headers: { 'x-fake-count-status': '500' } })
+      .withResponse();
+    expect(fallback.data.type).toBe('message');
+    expect(Number(fallback.response.headers.get('x-tokenwarden-reserved'))).toBe(
+      estimateInputTokens(body, 'strict') + 100,
+    );
   });
 });
 

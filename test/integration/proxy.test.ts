@@ -491,7 +491,11 @@ describe('operator endpoints', () => {
     expect((await fetch(url, { headers: { authorization: 'Bearer wrong-token' } })).status).toBe(401);
     const ok = await fetch(url, { headers: { authorization: 'Bearer operator-secret' } });
     expect(ok.status).toBe(200);
+    // Liveness and readiness stay open to the load balancer.
     expect((await fetch(`${h.gateway.url}/healthz`)).status).toBe(200);
+    const ready = await fetch(`${h.gateway.url}/readyz`);
+    expect(ready.status).toBe(200);
+    expect(await ready.json()).toEqual({ status: 'ready' });
   });
 });
 
