@@ -1,6 +1,17 @@
 export { createMemoryStore, type MemoryStoreOptions } from './memory/memory-store.js';
 export type * from './ports.js';
 export {
+  migratePostgres,
+  openPostgresStore,
+  POSTGRES_LATEST_VERSION,
+  POSTGRES_MIGRATIONS,
+  type PostgresMigration,
+  type PostgresMigrationResult,
+  PostgresSchemaTooNewError,
+  type PostgresStore,
+  type PostgresStoreOptions,
+} from './postgres/index.js';
+export {
   LATEST_VERSION,
   MIGRATIONS,
   type Migration,
