@@ -17,6 +17,7 @@ import { type MessagesProxy, newRequestId } from './proxy/messages.js';
 import type { Metrics } from './service/metrics.js';
 import type { OperatorService } from './service/operator.js';
 import type { BudgetStore } from './store/ports.js';
+import { registerDashboard } from './web/dashboard.js';
 
 export interface AppDeps {
   config: Config;
@@ -147,6 +148,8 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     const { contentType, body } = await deps.metrics.render();
     return reply.header('content-type', contentType).send(body);
   });
+  // The page is public (it holds no data); the API calls it makes carry the admin token.
+  registerDashboard(app, { logger });
 
   return app;
 }

@@ -1,3 +1,5 @@
+import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { loadConfig } from '../config/load.js';
 import type { Config } from '../config/schema.js';
@@ -24,11 +26,9 @@ export function localOptions(cmd: Command): Command {
 
 /**
  * Load the configuration exactly as `serve` does (defaults → file → env → flags, `--db` being
- * `database`) and open its SQLite database, which a running gateway may share (WAL). On a bad
- * configuration prints every problem and exits with code 2; when the database cannot be opened,
- * prints why and exits with code 1. Never returns without a usable store.
+ * `database`). On a bad configuration prints every problem and exits with code 2.
  */
-export function openLocal(flags: LocalFlags): Local {
+export function loadLocalConfig(flags: LocalFlags): Config {
   const loaded = loadConfig({ configPath: flags.config, flags: { database: flags.db } });
   if (!loaded.ok) {
     process.stderr.write(
@@ -45,11 +45,48 @@ export function openLocal(flags: LocalFlags): Local {
     );
     process.exit(2);
   }
+  return config;
+}
+
+/** The database file was expected to exist (a command that reads usage) and does not. */
+export class MissingDatabaseError extends Error {
+  constructor(readonly path: string) {
+    super(
+      `no database at ${path} (has the gateway run with this database? ` +
+        'pass --db or --config, or --url to ask a running gateway)',
+    );
+    this.name = 'MissingDatabaseError';
+  }
+}
+
+/**
+ * Open (migrating if needed) the SQLite database of `config`. With `mustExist`, a missing file is a
+ * MissingDatabaseError rather than a new empty database: reading the usage of a database nobody has
+ * written is almost always a wrong path. Throws when the file cannot be opened.
+ */
+export function openConfiguredStore(config: Config, opts: { mustExist?: boolean } = {}): SqliteStore {
+  if (opts.mustExist && config.database !== ':memory:' && !existsSync(config.database)) {
+    throw new MissingDatabaseError(resolve(config.database));
+  }
+  return openSqliteStore({ path: config.database });
+}
+
+/**
+ * Load the configuration like {@link loadLocalConfig} and open its SQLite database, which a running
+ * gateway may share (WAL). When the database cannot be opened, prints why and exits with code 1.
+ * Never returns without a usable store.
+ */
+export function openLocal(flags: LocalFlags, opts: { mustExist?: boolean } = {}): Local {
+  const config = loadLocalConfig(flags);
   let store: SqliteStore;
   try {
-    store = openSqliteStore({ path: config.database });
+    store = openConfiguredStore(config, opts);
   } catch (err) {
-    process.stderr.write(`tokenwarden: cannot open database ${config.database}: ${(err as Error).message}\n`);
+    const message =
+      err instanceof MissingDatabaseError
+        ? err.message
+        : `cannot open database ${config.database}: ${(err as Error).message}`;
+    process.stderr.write(`tokenwarden: ${message}\n`);
     process.exit(1);
   }
   return { config, store, close: () => store.close() };
