@@ -43,6 +43,26 @@ export interface AlertStore {
   listEmergencies(): Promise<EmergencyState[]>;
   /** Optional: lets budgets scoped to an agent and an exact model get a forecast too. */
   timeseries?(q: TimeseriesQuery): Promise<TimeseriesPoint[]>;
+  /** Optional: reads the reset marks (see RESETS_SETTING), so alerts can fire again after a reset. */
+  getSetting?(key: string): Promise<string | null>;
+}
+
+/**
+ * Setting holding, as JSON `{ "<budget>|<window>": ms }`, when each budget window was last reset. An
+ * alert belongs to a period; a reset starts a new one, so the thresholds can alert (and trip the
+ * emergency) again in the same calendar month.
+ */
+export const RESETS_SETTING = 'resets';
+
+async function readResets(store: AlertStore): Promise<Record<string, number>> {
+  const raw = store.getSetting ? await store.getSetting(RESETS_SETTING) : null;
+  if (!raw) return {};
+  try {
+    const v: unknown = JSON.parse(raw);
+    return typeof v === 'object' && v !== null ? (v as Record<string, number>) : {};
+  } catch {
+    return {};
+  }
 }
 
 export interface AlertMonitorOptions {
@@ -170,10 +190,11 @@ export class AlertMonitor {
     // One usage round trip for every alerting window of every budget.
     const watched: Array<{ budget: BudgetDef; slot: WindowSlot; period: number }> = [];
     const months = new Map<BudgetDef, { slot: WindowSlot; period: number }>();
+    const resets = await readResets(this.#o.store);
     for (const budget of budgets) {
       for (const slot of resolver.slots(budget, now)) {
         if (slot.limit === null || !(slot.limit > 0)) continue;
-        const period = this.#period(budget, slot, now);
+        const period = this.#period(budget, slot, now, resets);
         if (slot.kind === 'month') months.set(budget, { slot, period });
         if (this.#windows.has(slot.kind)) watched.push({ budget, slot, period });
       }
@@ -282,8 +303,10 @@ export class AlertMonitor {
    * window's start moves with every bucket (each hour for the month), which would re-raise the same
    * alert every hour; its alerts are deduped per calendar window of the same kind instead.
    */
-  #period(budget: BudgetDef, slot: WindowSlot, now: number): number {
-    return budget.rolling ? this.#o.resolver.window(slot.kind, now).start : slot.from;
+  #period(budget: BudgetDef, slot: WindowSlot, now: number, resets: Record<string, number>): number {
+    const start = budget.rolling ? this.#o.resolver.window(slot.kind, now).start : slot.from;
+    const reset = resets[`${budget.name}|${slot.kind}`];
+    return typeof reset === 'number' && reset > start && reset <= now ? reset : start;
   }
 
   /**

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { RESETS_SETTING } from '../alerts/monitor.js';
 import type { BudgetDef } from '../budget/types.js';
 import type { WindowResolver } from '../budget/windows.js';
 import { type BudgetConfig, budgetSchema, type Config } from '../config/schema.js';
@@ -133,10 +134,29 @@ export class OperatorService {
       return true;
     });
     const cleared = series.length > 0 ? await this.deps.store.resetUsage(series) : 0;
+    await this.markReset(series);
     let resumed = 0;
     if (!budgets && scope.window === undefined) resumed = await this.deps.emergency.resume();
     else if (budgets) for (const b of budgets) resumed += await this.deps.emergency.resume(b);
     return { series, cleared, resumed };
+  }
+
+  /** Record when each reset budget window was cleared, so its alerts can fire again (RESETS_SETTING). */
+  private async markReset(series: readonly string[]): Promise<void> {
+    if (series.length === 0) return;
+    const raw = await this.deps.store.getSetting(RESETS_SETTING);
+    let marks: Record<string, number> = {};
+    try {
+      marks = raw ? (JSON.parse(raw) as Record<string, number>) : {};
+    } catch {
+      marks = {};
+    }
+    const at = this.deps.now();
+    for (const s of series) {
+      const kind = KIND_OF_SERIES.exec(s)?.[1];
+      if (kind) marks[`${s.slice(0, s.lastIndexOf('|'))}|${kind}`] = at;
+    }
+    await this.deps.store.setSetting(RESETS_SETTING, JSON.stringify(marks));
   }
 
   /** Lift the emergency of one budget, or all of them. */

@@ -94,6 +94,27 @@ describe('alerts and emergency', () => {
     expect((await h.summary()).budgets[0]?.emergency).toBe(false);
   });
 
+  it('after a reset, the thresholds alert again in the same month', async () => {
+    const receiver = await startReceiver();
+    cleanups.push(receiver.close);
+    h = await startHarness({
+      budgets: [{ name: 'global', month: 10_000 }],
+      alerts: { webhooks: [receiver.url] },
+    });
+    const client = h.client({ maxRetries: 0 });
+    const warnings = () =>
+      receiver.bodies.filter((b) => (b as { alert: { level: string } }).alert.level === 'warning').length;
+    await spend(client, 8000);
+    await waitUntil(() => warnings() === 1);
+    const reset = await h.api('/api/token-usage/reset', { method: 'POST', headers: json, body: '{}' });
+    expect(reset.status).toBe(200);
+    await spend(client, 100);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(warnings()).toBe(1); // 1% used since the reset: nothing to say
+    await spend(client, 8000);
+    await waitUntil(() => warnings() === 2);
+  });
+
   it('halt blocks everything and ends in-flight streams with an SSE error, settling their usage', async () => {
     h = await startHarness({ budgets: ROOMY });
     const client = h.client({ maxRetries: 0 });
