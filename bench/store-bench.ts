@@ -1,6 +1,8 @@
 /**
- * Store benchmark: sequential reserve+settle cycles of a 3-entry hold (month, day, hour), the shape of
- * one admitted request. Reports throughput and per-cycle latency for each store.
+ * Store benchmark: reserve+settle cycles of a 3-entry hold (month, day, hour), the shape of one
+ * admitted request. Each store runs them one at a time (concurrency 1: the latency of a lone
+ * request) and the SQLite store also from 32 concurrent loops (the gateway under load, where the
+ * store can commit many operations together). Reports throughput and per-cycle latency.
  *
  *   node --import tsx bench/store-bench.ts
  */
@@ -14,6 +16,8 @@ import type { BudgetStore, HoldEntry, LedgerRow } from '../src/store/ports.js';
 
 export interface StoreBenchResult {
   store: 'memory' | 'sqlite';
+  /** Reserve+settle loops running at once, each awaiting its own reserve then settle. */
+  concurrency: number;
   /** Measured reserve+settle cycles (after warm-up). */
   cycles: number;
   cyclesPerSec: number;
@@ -27,6 +31,8 @@ export interface StoreBenchResult {
 export interface StoreBenchOptions {
   memoryCycles?: number;
   sqliteCycles?: number;
+  /** Loops of the concurrent SQLite run (default 32, the load scenario's connections); 0 skips it. */
+  concurrency?: number;
 }
 
 const BASE_ROW: LedgerRow = {
@@ -56,6 +62,7 @@ async function measure(
   store: BudgetStore,
   cycles: number,
   warmup: number,
+  concurrency: number,
 ): Promise<Omit<StoreBenchResult, 'store'>> {
   const now = Date.now();
   const entries: HoldEntry[] = [
@@ -67,29 +74,38 @@ async function measure(
   const latencies = new Float64Array(cycles);
   let started = 0;
   let cpu = process.cpuUsage();
-  for (let i = -warmup; i < cycles; i++) {
-    if (i === 0) {
-      started = performance.now();
-      cpu = process.cpuUsage();
+  // Cycles are numbered -warmup … cycles-1 and handed out in order to whichever loop is free.
+  let next = -warmup;
+  let measuring = false;
+  const loop = async (): Promise<void> => {
+    while (next < cycles) {
+      const i = next++;
+      if (i >= 0 && !measuring) {
+        measuring = true;
+        started = performance.now();
+        cpu = process.cpuUsage();
+      }
+      const t0 = performance.now();
+      const holdId = `bench-${i}`;
+      const r = await store.reserve({
+        holdId,
+        entries,
+        owner: 'bench',
+        expiresAt: now + 600_000,
+        draft: { ...BASE_ROW, id: holdId, ts: now, outcome: 'interrupted', usageSource: 'estimated' },
+      });
+      if (!r.ok) throw new Error('bench hold refused');
+      await store.settle(holdId, charges, { ...BASE_ROW, id: holdId, ts: now });
+      if (i >= 0) latencies[i] = performance.now() - t0;
     }
-    const t0 = performance.now();
-    const holdId = `bench-${i}`;
-    const r = await store.reserve({
-      holdId,
-      entries,
-      owner: 'bench',
-      expiresAt: now + 600_000,
-      draft: { ...BASE_ROW, id: holdId, ts: now, outcome: 'interrupted', usageSource: 'estimated' },
-    });
-    if (!r.ok) throw new Error('bench hold refused');
-    await store.settle(holdId, charges, { ...BASE_ROW, id: holdId, ts: now });
-    if (i >= 0) latencies[i] = performance.now() - t0;
-  }
+  };
+  await Promise.all(Array.from({ length: concurrency }, loop));
   const elapsedMs = performance.now() - started;
   const cpuUsed = process.cpuUsage(cpu);
   latencies.sort();
   const pct = (p: number) => (latencies[Math.min(cycles - 1, Math.floor(p * cycles))] ?? 0) * 1000;
   return {
+    concurrency,
     cycles,
     cyclesPerSec: Math.round((cycles / elapsedMs) * 1000),
     p50Us: pct(0.5),
@@ -102,31 +118,36 @@ async function measure(
 export async function runStoreBench(opts: StoreBenchOptions = {}): Promise<StoreBenchResult[]> {
   const memoryCycles = opts.memoryCycles ?? 200_000;
   const sqliteCycles = opts.sqliteCycles ?? 20_000;
+  const concurrency = opts.concurrency ?? 32;
   const results: StoreBenchResult[] = [];
 
   const memory = createMemoryStore({ maxLedgerRows: 10_000 });
-  results.push({ store: 'memory', ...(await measure(memory, memoryCycles, memoryCycles / 10)) });
+  results.push({ store: 'memory', ...(await measure(memory, memoryCycles, memoryCycles / 10, 1)) });
   await memory.close();
 
-  const dir = mkdtempSync(join(tmpdir(), 'tokenwarden-store-bench-'));
-  try {
-    const sqlite = openSqliteStore({ path: join(dir, 'bench.db') });
+  // Each SQLite run gets a fresh file, so the second does not start with a bigger database.
+  for (const c of concurrency > 1 ? [1, concurrency] : [1]) {
+    const dir = mkdtempSync(join(tmpdir(), 'tokenwarden-store-bench-'));
     try {
-      results.push({ store: 'sqlite', ...(await measure(sqlite, sqliteCycles, sqliteCycles / 10)) });
+      const sqlite = openSqliteStore({ path: join(dir, 'bench.db') });
+      try {
+        results.push({ store: 'sqlite', ...(await measure(sqlite, sqliteCycles, sqliteCycles / 10, c)) });
+      } finally {
+        await sqlite.close();
+      }
     } finally {
-      await sqlite.close();
+      rmSync(dir, { recursive: true, force: true });
     }
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
   }
   return results;
 }
 
 /** The results as a fixed-width table. */
 export function formatStoreBench(results: readonly StoreBenchResult[]): string {
-  const head = ['store', 'cycles', 'reserve+settle/s', 'p50 µs', 'p99 µs', 'CPU µs/cycle'];
+  const head = ['store', 'loops', 'cycles', 'reserve+settle/s', 'p50 µs', 'p99 µs', 'CPU µs/cycle'];
   const rows = results.map((r) => [
     r.store,
+    String(r.concurrency),
     String(r.cycles),
     r.cyclesPerSec.toLocaleString('en-US'),
     r.p50Us.toFixed(1),

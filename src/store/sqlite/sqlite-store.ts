@@ -1,7 +1,20 @@
 /**
- * The embedded Store: one SQLite file (better-sqlite3, WAL). Control state lives in control-store.ts. Each operation is one write
- * transaction begun IMMEDIATE, so the window check and the hold are atomic even against other
- * processes on the same file. Statements are prepared once, when the store opens.
+ * The embedded Store: one SQLite file (better-sqlite3, WAL). Control state lives in control-store.ts.
+ * Statements are prepared once, when the store opens.
+ *
+ * Writes (reserve, settle, appendLedger, reclaim) go through a group commit (group-commit.ts): those
+ * queued in one event-loop turn run in arrival order in one transaction begun IMMEDIATE, one that
+ * throws rolled back alone, and their promises resolve once it has committed. So the window check and
+ * the hold stay atomic even against other processes on the same file, a reserve sees every reserve
+ * queued before it, and a resolved write is durable; but a busy gateway pays one lock and one commit
+ * per turn rather than two per request.
+ *
+ * Reads do not wait for the queue: they run synchronously outside any batch (a batch begins and
+ * commits within one synchronous call), so they see exactly the committed state, which includes every
+ * write whose promise has resolved (read-your-writes). Flushing the queue before each read would cut
+ * the batches of a busy gateway short (key lookups and headroom reads happen per request) for nothing a
+ * caller can rely on: a write not yet awaited has no promised effect. Control-state writes, which are
+ * rare and not queued, do flush the queue first, so every write applies in arrival order.
  */
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
@@ -21,6 +34,7 @@ import type {
   UsageTotals,
 } from '../ports.js';
 import { buildControlStore } from './control-store.js';
+import { createGroupCommit } from './group-commit.js';
 import { migrate } from './migrations.js';
 
 export interface SqliteStoreOptions {
@@ -28,12 +42,42 @@ export interface SqliteStoreOptions {
   path: string;
   /** How long to wait for another connection's write lock before failing, ms (default 5000). */
   busyTimeoutMs?: number;
+  /** Most writes committed together (default 256); 1 commits each write on its own. */
+  maxBatch?: number;
 }
 
 export type SqliteStore = Store & { readonly db: Database.Database };
 
 /** Stored form of a hold's entries: [series, bucket, amount] per entry, in entry order. */
 type StoredEntry = [series: string, bucket: number, amount: number];
+
+/**
+ * Stored form of a hold's draft ledger row: its fields in LEDGER_COLUMNS order. Every reserve writes
+ * one and almost none is ever read (only a reclaim reads it), so it is kept small: half the JSON of
+ * the row object, and quicker to write. Drafts written as row objects (before this form) still read.
+ */
+type StoredDraft = [
+  id: string,
+  ts: number,
+  agent: string,
+  keyId: string | null,
+  model: string | null,
+  stream: boolean,
+  outcome: Outcome,
+  status: number,
+  reserved: number,
+  inputTokens: number,
+  outputTokens: number,
+  cacheCreationTokens: number,
+  cacheReadTokens: number,
+  counted: number,
+  costUsd: number | null,
+  latencyMs: number | null,
+  upstreamRequestId: string | null,
+  blockReason: string | null,
+  usageSource: UsageSource,
+  metadata: Record<string, unknown>,
+];
 
 interface LedgerRecord {
   id: string;
@@ -79,14 +123,14 @@ export function openSqliteStore(opts: SqliteStoreOptions): SqliteStore {
     db.pragma('synchronous = NORMAL');
     db.pragma('foreign_keys = ON');
     migrate(db);
-    return buildStore(db);
+    return buildStore(db, opts.maxBatch);
   } catch (err) {
     db.close();
     throw err;
   }
 }
 
-function buildStore(db: Database.Database): SqliteStore {
+function buildStore(db: Database.Database, maxBatch: number | undefined): SqliteStore {
   const windowStmt = db.prepare<[string, number], UsageTotals>(
     'SELECT COALESCE(SUM(used), 0) AS used, COALESCE(SUM(reserved), 0) AS reserved ' +
       'FROM counters WHERE series = ? AND bucket >= ?',
@@ -158,7 +202,10 @@ function buildStore(db: Database.Database): SqliteStore {
     }
   }
 
-  const reserveTx = db.transaction((req: ReserveRequest): ReserveResult => {
+  // The write operations below run inside a group-commit batch, which may run them twice (see
+  // group-commit.ts): they touch nothing but the database. Throwing rolls back the operation's own
+  // changes and nothing else.
+  function reserveOp(req: ReserveRequest, draftJson: string): ReserveResult {
     const { entries } = req;
     const n = entries.length;
     const after = new Array<number>(n);
@@ -177,40 +224,42 @@ function buildStore(db: Database.Database): SqliteStore {
       addStmt.run(e.series, e.bucket, 0, e.amount);
       stored[i] = [e.series, e.bucket, e.amount];
     }
-    insertHoldStmt.run(
-      req.holdId,
-      req.owner,
-      req.expiresAt,
-      JSON.stringify(stored),
-      JSON.stringify(req.draft),
-    );
+    insertHoldStmt.run(req.holdId, req.owner, req.expiresAt, JSON.stringify(stored), draftJson);
     return { ok: true, after };
-  });
+  }
 
-  const settleTx = db.transaction((holdId: string, charges: number[], row: LedgerRow): void => {
+  function settleOp(holdId: string, charges: number[], row: LedgerRow): void {
     const entriesJson = takeHoldStmt.get(holdId);
     if (entriesJson !== undefined) {
       const entries = JSON.parse(entriesJson) as StoredEntry[];
-      // Throwing here rolls the whole transaction back, hold included.
+      // Throwing here rolls the operation back, the taking of the hold included.
       checkCharges(holdId, entries.length, charges);
       entries.forEach(([series, bucket, amount], i) => {
         addStmt.run(series, bucket, charges[i] as number, -amount);
       });
     }
     insertLedger(row);
-  });
+  }
 
-  const appendTx = db.transaction(insertLedger);
-
-  const reclaimTx = db.transaction((now: number, keepOwner: string | undefined): number => {
+  function reclaimOp(now: number, keepOwner: string | undefined): number {
     const taken =
       keepOwner === undefined ? takeExpiredStmt.all(now) : takeExpiredOrForeignStmt.all(now, keepOwner);
     for (const hold of taken) {
       chargeInFull(hold.entries);
-      insertLedger(JSON.parse(hold.draft) as LedgerRow);
+      insertLedger(decodeDraft(hold.draft));
     }
     return taken.length;
-  });
+  }
+
+  const writes = createGroupCommit(db, maxBatch === undefined ? {} : { maxBatch });
+  const control = buildControlStore(db);
+  /** A control-state write: runs after every queued write, so writes apply in arrival order. */
+  const inOrder =
+    <A extends unknown[], R>(write: (...args: A) => Promise<R>) =>
+    (...args: A): Promise<R> => {
+      writes.flush();
+      return write(...args);
+    };
 
   const usageTx = db.transaction((queries: UsageQuery[]): UsageTotals[] =>
     queries.map((q) => {
@@ -238,22 +287,36 @@ function buildStore(db: Database.Database): SqliteStore {
 
   return {
     db,
-    ...buildControlStore(db),
+    ...control,
+    recordAlert: inOrder(control.recordAlert),
+    setEmergency: inOrder(control.setEmergency),
+    clearEmergency: inOrder(control.clearEmergency),
+    setSetting: inOrder(control.setSetting),
+    createKey: inOrder(control.createKey),
+    revokeKey: inOrder(control.revokeKey),
+    resetUsage: inOrder(control.resetUsage),
 
-    async reserve(req) {
-      return reserveTx.immediate(req);
+    reserve(req) {
+      // The draft is encoded now, so the hold records the request as it was when reserve was called.
+      let draftJson: string;
+      try {
+        draftJson = encodeDraft(req.draft);
+      } catch (err) {
+        return Promise.reject(err);
+      }
+      return writes.run(() => reserveOp(req, draftJson));
     },
 
-    async settle(holdId, charges, row) {
-      settleTx.immediate(holdId, charges, row);
+    settle(holdId, charges, row) {
+      return writes.run(() => settleOp(holdId, charges, row));
     },
 
-    async appendLedger(row) {
-      appendTx.immediate(row);
+    appendLedger(row) {
+      return writes.run(() => insertLedger(row));
     },
 
-    async reclaim({ now, keepOwner }) {
-      return reclaimTx.immediate(now, keepOwner);
+    reclaim({ now, keepOwner }) {
+      return writes.run(() => reclaimOp(now, keepOwner));
     },
 
     async usage(queries) {
@@ -282,8 +345,85 @@ function buildStore(db: Database.Database): SqliteStore {
     },
 
     async close() {
+      // Queued writes commit first; any queued after this reject (the database is closed).
+      writes.flush();
       if (db.open) db.close();
     },
+  };
+}
+
+function encodeDraft(r: LedgerRow): string {
+  const stored: StoredDraft = [
+    r.id,
+    r.ts,
+    r.agent,
+    r.keyId,
+    r.model,
+    r.stream,
+    r.outcome,
+    r.status,
+    r.reserved,
+    r.inputTokens,
+    r.outputTokens,
+    r.cacheCreationTokens,
+    r.cacheReadTokens,
+    r.counted,
+    r.costUsd,
+    r.latencyMs,
+    r.upstreamRequestId,
+    r.blockReason,
+    r.usageSource,
+    r.metadata,
+  ];
+  return JSON.stringify(stored);
+}
+
+function decodeDraft(json: string): LedgerRow {
+  const parsed = JSON.parse(json) as StoredDraft | LedgerRow;
+  if (!Array.isArray(parsed)) return parsed;
+  const [
+    id,
+    ts,
+    agent,
+    keyId,
+    model,
+    stream,
+    outcome,
+    status,
+    reserved,
+    inputTokens,
+    outputTokens,
+    cacheCreationTokens,
+    cacheReadTokens,
+    counted,
+    costUsd,
+    latencyMs,
+    upstreamRequestId,
+    blockReason,
+    usageSource,
+    metadata,
+  ] = parsed;
+  return {
+    id,
+    ts,
+    agent,
+    keyId,
+    model,
+    stream,
+    outcome,
+    status,
+    reserved,
+    inputTokens,
+    outputTokens,
+    cacheCreationTokens,
+    cacheReadTokens,
+    counted,
+    costUsd,
+    latencyMs,
+    upstreamRequestId,
+    blockReason,
+    usageSource,
+    metadata,
   };
 }
 
