@@ -17,6 +17,7 @@
  *   --connections N                 connections of the load scenario (default 32).
  *   --out FILE                      JSON report (default bench/results/latest.json).
  *   --no-store                      do not run bench/store-bench.ts even if it exists.
+ *   --no-api                        do not run bench/api-bench.ts (operator API over a 100k-row ledger).
  *   --bare-pipeline                 run the bare proxy in its stream.pipeline() variant (slower floor).
  *
  * Processes: this one is the load generator; the fake upstream (bench/upstream-proc.ts), the bare
@@ -64,6 +65,7 @@ const { values: argv } = parseArgs({
     connections: { type: 'string', default: '32' },
     out: { type: 'string' },
     'no-store': { type: 'boolean', default: false },
+    'no-api': { type: 'boolean', default: false },
     'bare-pipeline': { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h', default: false },
   },
@@ -112,6 +114,7 @@ const opts = {
   connections: Math.round(num(argv.connections, 32, 'connections')),
   out: argv.out ?? join(ROOT, 'bench', 'results', 'latest.json'),
   store: !(argv['no-store'] ?? false),
+  api: !(argv['no-api'] ?? false),
   barePipeline: argv['bare-pipeline'] ?? false,
 };
 const warmupSequential = quick ? 100 : 300;
@@ -915,6 +918,24 @@ async function main(): Promise<void> {
     }
   }
 
+  let api: unknown = null;
+  if (opts.api) {
+    const mod = await import('./api-bench.js');
+    console.log(
+      `\n5. operator API (bench/api-bench.ts): p95 under ${mod.API_TARGET_MS} ms over a 100k-row ledger`,
+    );
+    try {
+      const out = await mod.runApiBench({ quick: opts.quick });
+      api = out;
+      // A missed target is reported, like a missed ratio; only a crash fails the run.
+      console.log(mod.formatApiBench(out));
+    } catch (e) {
+      api = { error: String(e) };
+      console.log(`  API benchmark failed: ${String(e)}`);
+      process.exitCode = 1;
+    }
+  }
+
   console.log('\nSPEC §6 ratios');
   for (const r of ratios) console.log(ratioLine(r));
 
@@ -946,6 +967,7 @@ async function main(): Promise<void> {
     scenarios: report,
     ratios,
     store,
+    api,
   };
   mkdirSync(dirname(opts.out), { recursive: true });
   writeFileSync(opts.out, `${JSON.stringify(json, null, 2)}\n`);

@@ -1,7 +1,7 @@
 import type { BudgetDef, WindowKind } from '../budget/types.js';
 import type { WindowResolver } from '../budget/windows.js';
 import type { Config } from '../config/schema.js';
-import type { BudgetStore, EmergencyState } from '../store/ports.js';
+import type { BudgetStore, ControlStore, EmergencyState } from '../store/ports.js';
 
 export type Status = 'ok' | 'warning' | 'critical' | 'emergency';
 
@@ -70,10 +70,11 @@ function scopeOf(b: BudgetDef): BudgetReport['scope'] {
 }
 
 const HOUR = 3_600_000;
+const DAY = 24 * HOUR;
 
 /** The usage summary (GET /api/token-usage/summary, `tokenwarden status --json`). Reads only. */
 export async function buildSummary(deps: {
-  store: BudgetStore;
+  store: BudgetStore & Pick<ControlStore, 'timeseries'>;
   resolver: WindowResolver;
   budgets: readonly BudgetDef[];
   config: Pick<Config, 'thresholds' | 'mode'>;
@@ -138,11 +139,13 @@ export async function buildSummary(deps: {
   });
 
   const monthStart = resolver.window('month', now).start;
+  // Burn rates total the ledger's time series (one or two buckets each), not its groups: a total over a
+  // time range reads that range of an index, where grouping by agent may visit every agent's entries.
   const [agents, models, lastHour, lastDay] = await Promise.all([
     store.groupLedger('agent', monthStart, now + 1),
     store.groupLedger('model', monthStart, now + 1),
-    store.groupLedger('agent', now - HOUR, now + 1),
-    store.groupLedger('agent', now - 24 * HOUR, now + 1),
+    store.timeseries({ bucketMs: DAY, since: now - HOUR, until: now + 1 }),
+    store.timeseries({ bucketMs: DAY, since: now - DAY, until: now + 1 }),
   ]);
   const sum = (g: { counted: number }[]) => g.reduce((acc, r) => acc + r.counted, 0);
   const burnRate = { lastHour: sum(lastHour), lastDay: Math.round((sum(lastDay) / 24) * 100) / 100 };

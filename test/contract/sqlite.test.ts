@@ -134,9 +134,14 @@ describe('SQLite store', () => {
       'settings',
       'virtual_keys',
     ];
+    // The schema's own tables: SQLite's internal ones (sqlite_stat1 of migration 3) are not listed.
     const tables = (db: Database.Database): string[] =>
       (
-        db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all() as {
+        db
+          .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name",
+          )
+          .all() as {
           name: string;
         }[]
       ).map((t) => t.name);

@@ -36,6 +36,13 @@ export class SchemaTooNewError extends Error {
   }
 }
 
+/**
+ * What timeseries() sums of each ledger row, carried in ledger_ts by migration 3 so that the
+ * unfiltered walk over a month of buckets reads the index alone.
+ */
+const TOTALS_COLUMNS =
+  'counted, input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens, cost_usd, outcome';
+
 export const MIGRATIONS: readonly Migration[] = [
   {
     version: 1,
@@ -138,6 +145,68 @@ export const MIGRATIONS: readonly Migration[] = [
           created_at INTEGER NOT NULL,
           revoked_at INTEGER
         );
+      `);
+    },
+  },
+  {
+    version: 3,
+    name: 'ledger-report-indexes',
+    up(db) {
+      // The operator reports (summary, timeseries) aggregate a month of ledger rows. Through the table
+      // that means reading every row's page, and for GROUP BY sorting every row. So each ts index now
+      // also carries what the reports read: ledger_ts the timeseries totals, the agent and model
+      // indexes the counted tokens that groupLedger sums (and the outcome, so a count filtered by
+      // agent or model and outcome reads the index alone). Wider entries cost a summary's groups
+      // ~15% more to walk, hence not all totals there. The indexes replace ones of the same name and
+      // leading columns, so every existing plan keeps its shape, rather than adding any: a ledger
+      // insert still writes one entry per index, only a few bytes longer.
+      db.exec(`
+        DROP INDEX ledger_ts;
+        DROP INDEX ledger_agent_ts;
+        DROP INDEX ledger_model_ts;
+        CREATE INDEX ledger_ts ON ledger (ts, id, ${TOTALS_COLUMNS});
+        CREATE INDEX ledger_agent_ts ON ledger (agent, ts, id, counted, outcome);
+        CREATE INDEX ledger_model_ts ON ledger (model, ts, id, counted, outcome);
+      `);
+      // Without statistics SQLite takes any ts range for a small one, and groups a month by agent
+      // with a range scan and a sort of every row (~3x slower at 100k rows) instead of walking
+      // ledger_agent_ts in agent order. Nothing runs ANALYZE on a gateway's ledger, so these are
+      // the statistics of a typical one (a million rows, tens of agents, a few models and outcomes,
+      // unique ids, near-unique timestamps), written as SQLite documents for steering the planner.
+      // The price: groupLedger by agent over any range seeks once per distinct agent, so a ledger of
+      // tens of thousands of agents (metadata.user_id per end user) pays ~1 ms per thousand agents
+      // even for the last hour. A later ANALYZE or PRAGMA optimize replaces these with measured
+      // statistics, which choose the same plans for tens of agents and a range scan for many.
+      db.exec('ANALYZE sqlite_schema'); // creates sqlite_stat1 if missing
+      db.prepare("DELETE FROM sqlite_stat1 WHERE tbl = 'ledger'").run();
+      const hasStat4 = db.prepare("SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_stat4'").get();
+      if (hasStat4) db.prepare("DELETE FROM sqlite_stat4 WHERE tbl = 'ledger'").run();
+      // One number for the table, then rows per distinct value of each leading column prefix.
+      const stat = (perPrefix: number[]) => ['1000000', ...perPrefix].join(' ');
+      const ones = (n: number) => new Array<number>(n).fill(1);
+      const insert = db.prepare("INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES ('ledger', ?, ?)");
+      insert.run('sqlite_autoindex_ledger_1', stat([1]));
+      insert.run('ledger_ts', stat([2, ...ones(1 + TOTALS_COLUMNS.split(',').length)]));
+      insert.run('ledger_agent_ts', stat([50_000, 2, 1, 1, 1]));
+      insert.run('ledger_model_ts', stat([100_000, 2, 1, 1, 1]));
+      insert.run('ledger_outcome_ts', stat([200_000, 2, 1]));
+      // Makes this connection's planner load the rows just written.
+      db.exec('ANALYZE sqlite_schema');
+    },
+  },
+  {
+    version: 4,
+    name: 'ledger-append-only',
+    up(db) {
+      // A ledger row is written once and never changed or removed (a reset clears counters, not rows).
+      // The timeseries report relies on it: it keeps the totals of whole buckets and only re-sums a
+      // bucket that gained rows (control-store.ts). Whoever needs to prune the ledger must drop these
+      // triggers and clear those totals. They cost nothing on insert.
+      db.exec(`
+        CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger
+        BEGIN SELECT RAISE(ABORT, 'ledger rows are never changed (the ledger is append-only)'); END;
+        CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger
+        BEGIN SELECT RAISE(ABORT, 'ledger rows are never removed (the ledger is append-only)'); END;
       `);
     },
   },
