@@ -76,8 +76,8 @@ export interface GatekeeperDeps {
   emergency: (budgets: readonly string[], now: number) => EmergencyState | null;
 }
 
-/** USD counters share the token windows but live in their own series. */
-function usdSlot(slot: WindowSlot, limitUsd: number | undefined): WindowSlot {
+/** USD counters share the token windows but live in their own series (micro-dollars). */
+export function usdSlot(slot: WindowSlot, limitUsd: number | undefined): WindowSlot {
   return {
     ...slot,
     series: slot.series.replace(/\|(rolling-)?(month|day|hour)$/, '|usd-$1$2'),

@@ -1,7 +1,8 @@
-import type { BudgetDef, WindowKind } from '../budget/types.js';
+import type { BudgetDef, WindowKind, WindowSlot } from '../budget/types.js';
 import type { WindowResolver } from '../budget/windows.js';
 import type { Config } from '../config/schema.js';
 import type { BudgetStore, ControlStore, EmergencyState } from '../store/ports.js';
+import { usdSlot } from './gatekeeper.js';
 
 export type Status = 'ok' | 'warning' | 'critical' | 'emergency';
 
@@ -23,6 +24,8 @@ export interface BudgetReport {
   scope: { type: 'global' | 'agent' | 'model' | 'agent+model'; agent?: string; model?: string };
   rolling: boolean;
   windows: Record<WindowKind, WindowReport>;
+  /** Present for budgets with USD limits: the same windows in dollars. */
+  usd?: { windows: Record<WindowKind, WindowReport>; perRequestLimit: number | null };
   perRequestLimit: number | null;
   emergency: boolean;
   /** Present while in emergency: since/until (ISO; until null = until resumed), reason, manual. */
@@ -70,6 +73,31 @@ function scopeOf(b: BudgetDef): BudgetReport['scope'] {
 }
 
 const HOUR = 3_600_000;
+
+/** USD windows in dollars (the counters hold micro-dollars). */
+function usdReport(
+  slots: readonly WindowSlot[],
+  next: () => { used: number; reserved: number } | undefined,
+  perRequest: number | undefined,
+): NonNullable<BudgetReport['usd']> {
+  const windows = {} as Record<WindowKind, WindowReport>;
+  for (const slot of slots) {
+    const t = next() ?? { used: 0, reserved: 0 };
+    const used = t.used / 1_000_000;
+    const reserved = t.reserved / 1_000_000;
+    const limit = slot.limit === null ? null : slot.limit / 1_000_000;
+    windows[slot.kind] = {
+      used,
+      reserved,
+      limit,
+      remaining: limit === null ? null : Math.max(0, limit - used - reserved),
+      percent: limit ? Math.round((used / limit) * 10_000) / 100 : limit === 0 ? 100 : null,
+      resetsAt: new Date(slot.resetsAt).toISOString(),
+      startsAt: new Date(slot.from).toISOString(),
+    };
+  }
+  return { windows, perRequestLimit: perRequest ?? null };
+}
 const DAY = 24 * HOUR;
 
 /** The usage summary (GET /api/token-usage/summary, `tokenwarden status --json`). Reads only. */
@@ -86,7 +114,14 @@ export async function buildSummary(deps: {
   const emergencies = deps.emergencies ?? [];
   const slotLists = budgets.map((b) => resolver.slots(b, now));
   const flat = slotLists.flat();
-  const totals = await store.usage(flat.map((s) => ({ series: s.series, from: s.from })));
+  // USD windows of budgets with USD limits, after the token windows in the same read.
+  const usdLists = budgets.map((b, bi) =>
+    b.usd ? (slotLists[bi] ?? []).map((sl) => usdSlot(sl, b.usd?.[sl.kind])) : [],
+  );
+  const usdFlat = usdLists.flat();
+  const allTotals = await store.usage([...flat, ...usdFlat].map((s) => ({ series: s.series, from: s.from })));
+  const totals = allTotals.slice(0, flat.length);
+  let u = flat.length;
 
   let status: Status = 'ok';
   let i = 0;
@@ -122,6 +157,7 @@ export async function buildSummary(deps: {
       scope: scopeOf(b),
       rolling: b.rolling,
       windows,
+      ...(b.usd ? { usd: usdReport(usdLists[bi] ?? [], () => allTotals[u++], b.usd.request) } : {}),
       perRequestLimit: b.request ?? null,
       emergency: emergency !== null,
       ...(emergency

@@ -285,6 +285,11 @@ describe('budgets', () => {
     const row = (await h.ledger())[0];
     expect(row?.costUsd).toBeGreaterThanOrEqual(0.005);
     expect(row?.costUsd).toBeLessThan(0.0052);
+    // The summary shows the USD window in dollars beside the token windows.
+    const usd = (await h.summary()).budgets[0]?.usd?.windows.month;
+    expect(usd?.limit).toBe(0.01);
+    expect(usd?.used).toBeCloseTo(row?.costUsd ?? -1, 6);
+    expect(usd?.reserved).toBe(0);
     const err = await spend(client, 600, 600).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(Anthropic.RateLimitError);
     expect(
