@@ -168,6 +168,71 @@ function buildStore(db: Database.Database, maxBatch: number | undefined): Sqlite
         'WHERE ts >= ? AND ts < ? AND model IS NOT NULL GROUP BY model ORDER BY counted DESC, key ASC',
     ),
   };
+  // Group totals from a start time on, kept between calls and topped up with the rows added since
+  // (by rowid; the ledger is append-only): the summary asks for the month's totals every few
+  // seconds, and re-reading a month of rows each time costs tens of milliseconds.
+  const maxRowidStmt = db.prepare<[], number>('SELECT COALESCE(MAX(rowid), 0) FROM ledger').pluck();
+  const groupFromStmts = {
+    agent: db.prepare<[number, number], GroupTotal & { maxTs: number }>(
+      'SELECT agent AS key, COUNT(*) AS requests, COALESCE(SUM(counted), 0) AS counted, MAX(ts) AS maxTs ' +
+        'FROM ledger WHERE ts >= ? AND rowid <= ? GROUP BY agent',
+    ),
+    model: db.prepare<[number, number], GroupTotal & { maxTs: number }>(
+      'SELECT model AS key, COUNT(*) AS requests, COALESCE(SUM(counted), 0) AS counted, MAX(ts) AS maxTs ' +
+        'FROM ledger WHERE ts >= ? AND rowid <= ? AND model IS NOT NULL GROUP BY model',
+    ),
+  };
+  const groupAddedStmts = {
+    agent: db.prepare<[number, number, number], { key: string | null; ts: number; counted: number }>(
+      'SELECT agent AS key, ts, counted FROM ledger WHERE rowid > ? AND rowid <= ? AND ts >= ?',
+    ),
+    model: db.prepare<[number, number, number], { key: string | null; ts: number; counted: number }>(
+      'SELECT model AS key, ts, counted FROM ledger WHERE rowid > ? AND rowid <= ? AND ts >= ?',
+    ),
+  };
+  interface GroupCache {
+    rowid: number;
+    /** Latest ts among the rows counted: the totals answer any `until` above it. */
+    maxTs: number;
+    totals: Map<string, { requests: number; counted: number }>;
+  }
+  const groupCaches = new Map<string, GroupCache>();
+  const groupTx = db.transaction((by: 'agent' | 'model', since: number, until: number): GroupTotal[] => {
+    const rowid = maxRowidStmt.get() as number;
+    const key = `${by}|${since}`;
+    let cache = groupCaches.get(key);
+    if (cache === undefined || rowid < cache.rowid || rowid - cache.rowid > 10_000) {
+      cache = { rowid, maxTs: Number.NEGATIVE_INFINITY, totals: new Map() };
+      for (const g of groupFromStmts[by].all(since, rowid)) {
+        cache.totals.set(g.key, { requests: g.requests, counted: g.counted });
+        cache.maxTs = Math.max(cache.maxTs, g.maxTs);
+      }
+      groupCaches.set(key, cache);
+      if (groupCaches.size > 8) groupCaches.delete(groupCaches.keys().next().value as string);
+    } else {
+      // Most recently used last, so the totals the dashboard polls outlive one-off ranges.
+      groupCaches.delete(key);
+      groupCaches.set(key, cache);
+    }
+    if (rowid > cache.rowid) {
+      for (const r of groupAddedStmts[by].all(cache.rowid, rowid, since)) {
+        if (r.key === null) continue;
+        const t = cache.totals.get(r.key);
+        if (t) {
+          t.requests += 1;
+          t.counted += r.counted;
+        } else cache.totals.set(r.key, { requests: 1, counted: r.counted });
+        cache.maxTs = Math.max(cache.maxTs, r.ts);
+      }
+      cache.rowid = rowid;
+    }
+    // Rows at or after `until` (a clock ahead, or a range in the past): ask the ledger exactly.
+    if (cache.maxTs >= until) return groupStmts[by].all(since, until);
+    return [...cache.totals]
+      .map(([k, t]) => ({ key: k, requests: t.requests, counted: t.counted }))
+      .sort((a, b) => b.counted - a.counted || Buffer.compare(Buffer.from(a.key), Buffer.from(b.key)));
+  });
+
   // One statement per combination of equality filters (8 at most), so each can use its index.
   const queryStmts = new Map<string, Database.Statement<unknown[], LedgerRecord>>();
 
@@ -341,7 +406,8 @@ function buildStore(db: Database.Database, maxBatch: number | undefined): Sqlite
     },
 
     async groupLedger(by, since, until) {
-      return groupStmts[by].all(since, until);
+      // Inside a caller's transaction rows may still be rolled back: read them plainly, keep nothing.
+      return db.inTransaction ? groupStmts[by].all(since, until) : groupTx.deferred(by, since, until);
     },
 
     async close() {
