@@ -212,6 +212,25 @@ export interface WebhookChannelOptions {
   fetchImpl?: typeof fetch;
 }
 
+/** The in-order delivery queue of a channel, logging what it drops or what crashes. */
+function alertQueue(
+  kind: string,
+  maxQueue: number | undefined,
+  run: (alert: AlertRecord) => Promise<void>,
+  logger: Logger,
+): DeliveryQueue<AlertRecord> {
+  return new DeliveryQueue<AlertRecord>(
+    Math.max(1, maxQueue ?? DEFAULT_MAX_QUEUE),
+    run,
+    (dropped) =>
+      logger.error(
+        { alertId: dropped.id, alertLevel: dropped.level, budget: dropped.budget },
+        `alert ${kind} queue full; dropped the oldest alert`,
+      ),
+    (err) => logger.error({ err }, `alert ${kind} delivery crashed`),
+  );
+}
+
 /** The JSON body POSTed to a webhook: Slack's `text`, plus the alert as data for other receivers. */
 export interface WebhookBody {
   text: string;
@@ -334,16 +353,7 @@ export function webhookChannel(opts: WebhookChannelOptions): QueuedAlertChannel 
     }
   }
 
-  const queue = new DeliveryQueue<AlertRecord>(
-    Math.max(1, opts.maxQueue ?? DEFAULT_MAX_QUEUE),
-    deliver,
-    (dropped) =>
-      logger.error(
-        { alertId: dropped.id, alertLevel: dropped.level, budget: dropped.budget },
-        'alert webhook queue full; dropped the oldest alert',
-      ),
-    (err) => logger.error({ err }, 'alert webhook delivery crashed'),
-  );
+  const queue = alertQueue('webhook', opts.maxQueue, deliver, logger);
 
   return {
     name: `webhook:${origin}`,
@@ -461,16 +471,7 @@ export function commandChannel(opts: CommandChannelOptions): QueuedAlertChannel 
     });
   }
 
-  const queue = new DeliveryQueue<AlertRecord>(
-    Math.max(1, opts.maxQueue ?? DEFAULT_MAX_QUEUE),
-    run,
-    (dropped) =>
-      logger.error(
-        { alertId: dropped.id, alertLevel: dropped.level, budget: dropped.budget },
-        'alert command queue full; dropped the oldest alert',
-      ),
-    (err) => logger.error({ err }, 'alert command crashed'),
-  );
+  const queue = alertQueue('command', opts.maxQueue, run, logger);
 
   return {
     name: 'command',

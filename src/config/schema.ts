@@ -1,19 +1,11 @@
 import { z } from 'zod';
+import { isValidTimezone } from '../budget/windows.js';
 
 /** SPEC §2: the defaults every fresh install runs with. Exactly these numbers. */
 export const DEFAULT_BUDGETS = [{ name: 'global', month: 140_000, day: 4_667, hour: 194, request: 1_000 }];
 
 const limit = z.number().int().min(0);
 const usdLimit = z.number().min(0);
-
-function isTimeZone(tz: string): boolean {
-  try {
-    new Intl.DateTimeFormat('en-US', { timeZone: tz });
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 export const budgetSchema = z.strictObject({
   // Budget names become parts of counter keys and header values: keep them to a safe alphabet.
@@ -52,6 +44,16 @@ const priceSchema = z.strictObject({
   longContext: z.strictObject({ threshold: z.number().int().positive(), ...rates }).optional(),
 });
 
+/** A list of budgets with unique names: the config file's and the budgets API's. */
+export const budgetListSchema = z.array(budgetSchema).superRefine((budgets, ctx) => {
+  const seen = new Set<string>();
+  budgets.forEach((b, i) => {
+    if (seen.has(b.name))
+      ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `duplicate budget name "${b.name}"` });
+    seen.add(b.name);
+  });
+});
+
 const passthroughRoute = z
   .string()
   .regex(/^(GET|POST|PUT|PATCH|DELETE|HEAD) \/v1\/\S*$/, 'expected "METHOD /v1/path", e.g. "GET /v1/models"');
@@ -75,18 +77,7 @@ export const configSchema = z.strictObject({
       adminToken: z.string().min(8, 'must be at least 8 characters').optional(),
     })
     .default({ mode: 'passthrough' }),
-  budgets: z
-    .array(budgetSchema)
-    .default(() => DEFAULT_BUDGETS.map((b) => ({ ...b, rolling: false })))
-    .superRefine((budgets, ctx) => {
-      const seen = new Set<string>();
-      budgets.forEach((b, i) => {
-        if (seen.has(b.name)) {
-          ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `duplicate budget name "${b.name}"` });
-        }
-        seen.add(b.name);
-      });
-    }),
+  budgets: budgetListSchema.default(() => DEFAULT_BUDGETS.map((b) => ({ ...b, rolling: false }))),
   thresholds: z
     .strictObject({
       warning: z.number().gt(0).max(100).default(80),
@@ -97,7 +88,7 @@ export const configSchema = z.strictObject({
     .refine((t) => t.warning <= t.critical && t.critical <= t.emergency, {
       message: 'thresholds must satisfy warning <= critical <= emergency',
     }),
-  timezone: z.string().default('UTC').refine(isTimeZone, 'not an IANA time zone (e.g. "Europe/Berlin")'),
+  timezone: z.string().default('UTC').refine(isValidTimezone, 'not an IANA time zone (e.g. "Europe/Berlin")'),
   cycleDay: z.number().int().min(1).max(31).default(1),
   estimation: z.enum(['strict', 'estimate', 'count']).default('strict'),
   allowances: z

@@ -1,8 +1,7 @@
-import { z } from 'zod';
 import { RESETS_SETTING } from '../alerts/monitor.js';
 import type { BudgetDef } from '../budget/types.js';
 import type { WindowResolver } from '../budget/windows.js';
-import { type BudgetConfig, budgetSchema, type Config } from '../config/schema.js';
+import { type BudgetConfig, budgetListSchema, type Config } from '../config/schema.js';
 import type { AlertRecord, LedgerQuery, LedgerRow, Outcome, Store, TimeseriesPoint } from '../store/ports.js';
 import type { EmergencyGuard } from './emergency.js';
 import type { Gatekeeper } from './gatekeeper.js';
@@ -10,16 +9,6 @@ import type { InflightTracker } from './inflight.js';
 import { buildSummary, type SummaryDoc } from './summary.js';
 
 export const BUDGETS_SETTING = 'budgets';
-
-/** The budgets list as the config file and the budgets API accept it. */
-export const budgetListSchema = z.array(budgetSchema).superRefine((budgets, ctx) => {
-  const seen = new Set<string>();
-  budgets.forEach((b, i) => {
-    if (seen.has(b.name))
-      ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `duplicate budget name "${b.name}"` });
-    seen.add(b.name);
-  });
-});
 
 export function toBudgetDefs(budgets: readonly BudgetConfig[]): BudgetDef[] {
   return budgets.map((b) => ({
