@@ -130,6 +130,14 @@ export interface BudgetStore {
    */
   reclaim(opts: { now: number; keepOwner?: string }): Promise<number>;
 
+  /**
+   * Extend the lease of the given holds to `expiresAt` (never shortening it). The owning process
+   * renews the holds it still has in flight, so a hold outlives a long stream but not its process:
+   * once the owner stops renewing (crash, kill -9), any process reclaims it when the lease runs out.
+   * Unknown ids are ignored. Returns how many holds were renewed.
+   */
+  renew(holdIds: readonly string[], expiresAt: number): Promise<number>;
+
   /** Totals of each queried window (sum of the series' buckets >= from). */
   usage(queries: UsageQuery[]): Promise<UsageTotals[]>;
 

@@ -361,6 +361,24 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
         expect(await window('m')).toEqual(totals(125, 0));
       });
 
+      it('renew extends the lease of live holds, never shortens it, and ignores unknown ids', async () => {
+        expect((await store.reserve(hold('r1', [entry('m', 1000, 10)], { expiresAt: 1000 }))).ok).toBe(true);
+        expect((await store.reserve(hold('r2', [entry('m', 1000, 20)], { expiresAt: 1000 }))).ok).toBe(true);
+        expect(await store.renew(['r1', 'nope'], 5000)).toBe(1);
+        expect(await store.renew([], 5000)).toBe(0);
+        // r2 was not renewed: it lapses at 1000; r1 now lives until 5000.
+        expect(await store.reclaim({ now: 1000 })).toBe(1);
+        expect((await store.queryLedger({ limit: 10 })).map((r) => r.id)).toEqual(['r2']);
+        // A shorter lease does not bring the expiry forward.
+        expect(await store.renew(['r1'], 2000)).toBe(1);
+        expect(await store.reclaim({ now: 4999 })).toBe(0);
+        expect(await window('m')).toEqual(totals(20, 10));
+        await store.settle('r1', [7], ledgerRow({ id: 'r1' }));
+        expect(await window('m')).toEqual(totals(27, 0));
+        expect(await store.renew(['r1'], 9000)).toBe(0);
+        expect(await store.holdCount()).toBe(0);
+      });
+
       it('keeps an existing row with the draft id', async () => {
         expect((await store.reserve(hold('h1', [entry('m', 100, 10)], { expiresAt: 1 }))).ok).toBe(true);
         await store.appendLedger(ledgerRow({ id: 'h1', agent: 'already-there' }));

@@ -31,7 +31,7 @@ interface Counter {
 
 interface Hold {
   readonly owner: string;
-  readonly expiresAt: number;
+  expiresAt: number;
   readonly draft: LedgerRow;
   /** counters[i] is entry i's bucket; amounts[i] what entry i holds there. */
   readonly counters: Counter[];
@@ -215,6 +215,18 @@ export function createMemoryStore(opts: MemoryStoreOptions = {}): Store {
         count++;
       }
       return count;
+    },
+
+    async renew(holdIds: readonly string[], expiresAt: number): Promise<number> {
+      assertOpen();
+      let n = 0;
+      for (const id of holdIds) {
+        const hold = holds.get(id);
+        if (hold === undefined) continue;
+        if (expiresAt > hold.expiresAt) hold.expiresAt = expiresAt;
+        n++;
+      }
+      return n;
     },
 
     async usage(queries: UsageQuery[]): Promise<UsageTotals[]> {

@@ -129,6 +129,10 @@ function buildStore(pool: pg.Pool, s: string, schema: string): PostgresStore {
       'ON CONFLICT (id) DO NOTHING',
   };
   const reclaimSql = { name: 'tw_reclaim', text: `SELECT ${s}.tw_reclaim($1, $2) AS n` };
+  const renewSql = {
+    name: 'tw_renew',
+    text: `UPDATE ${s}.holds SET expires_at = GREATEST(expires_at, $2) WHERE id = ANY($1::text[])`,
+  };
   const usageSql = {
     name: 'tw_usage',
     text:
@@ -208,6 +212,16 @@ function buildStore(pool: pg.Pool, s: string, schema: string): PostgresStore {
     async reclaim({ now, keepOwner }: { now: number; keepOwner?: string }): Promise<number> {
       const r = await pool.query<{ n: number }>({ ...reclaimSql, values: [now, keepOwner ?? null] });
       return r.rows[0]?.n ?? 0;
+    },
+
+    async renew(holdIds: readonly string[], expiresAt: number): Promise<number> {
+      if (holdIds.length === 0) return 0;
+      checkInteger('renew', 'expiresAt', expiresAt);
+      const r = await pool.query({
+        ...renewSql,
+        values: [[...holdIds], expiresAt],
+      });
+      return r.rowCount ?? 0;
     },
 
     async usage(queries: UsageQuery[]): Promise<UsageTotals[]> {

@@ -153,6 +153,9 @@ function buildStore(db: Database.Database, maxBatch: number | undefined): Sqlite
     'DELETE FROM holds WHERE expires_at <= ? OR owner <> ? RETURNING entries, draft',
   );
   const holdCountStmt = db.prepare<[], number>('SELECT COUNT(*) FROM holds').pluck();
+  const renewStmt = db.prepare<[number, string]>(
+    'UPDATE holds SET expires_at = max(expires_at, ?) WHERE id = ?',
+  );
   const insertLedgerStmt = db.prepare<unknown[]>(
     `INSERT INTO ledger (${LEDGER_COLUMNS}) VALUES (${LEDGER_COLUMNS.split(',')
       .map(() => '?')
@@ -382,6 +385,15 @@ function buildStore(db: Database.Database, maxBatch: number | undefined): Sqlite
 
     reclaim({ now, keepOwner }) {
       return writes.run(() => reclaimOp(now, keepOwner));
+    },
+
+    renew(holdIds, expiresAt) {
+      const ids = [...holdIds];
+      return writes.run(() => {
+        let n = 0;
+        for (const id of ids) n += renewStmt.run(expiresAt, id).changes;
+        return n;
+      });
     },
 
     async usage(queries) {
