@@ -12,6 +12,13 @@ export {
   type PostgresStoreOptions,
 } from './postgres/index.js';
 export {
+  type CounterSeed,
+  openRedisStore,
+  type RedisStore,
+  type RedisStoreOptions,
+  redactUrl,
+} from './redis/redis-store.js';
+export {
   LATEST_VERSION,
   MIGRATIONS,
   type Migration,
