@@ -16,14 +16,14 @@ import { ledgerRow } from './proxy/ledger-row.js';
 import { type MessagesProxy, newRequestId } from './proxy/messages.js';
 import type { Metrics } from './service/metrics.js';
 import type { OperatorService } from './service/operator.js';
-import type { BudgetStore } from './store/ports.js';
+import type { BudgetStore, ControlStore } from './store/ports.js';
 import { registerDashboard } from './web/dashboard.js';
 
 export interface AppDeps {
   config: Config;
   logger: Logger;
   proxy: MessagesProxy;
-  store: BudgetStore;
+  store: BudgetStore & Pick<ControlStore, 'getSetting'>;
   operator: OperatorService;
   metrics: Metrics;
   now: () => number;
@@ -127,7 +127,8 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   app.get('/healthz', async () => ({ status: 'ok' }));
   app.get('/readyz', async (_req, reply) => {
     try {
-      await store.holdCount();
+      // The counters and holds (Redis, when configured) and the ledger's database both answer.
+      await Promise.all([store.holdCount(), store.getSetting('budgets')]);
       return { status: 'ready' };
     } catch {
       return reply.code(503).send({ status: 'unavailable', reason: 'budget store unreachable' });

@@ -23,8 +23,9 @@ import { buildCore } from './service/core.js';
 import { InflightTracker } from './service/inflight.js';
 import { Metrics } from './service/metrics.js';
 import type { OperatorService } from './service/operator.js';
+import { countersFromLedger } from './service/rebuild.js';
+import { isPostgresUrl, type OpenedStore, openStore } from './store/open.js';
 import type { Store } from './store/ports.js';
-import { openSqliteStore } from './store/sqlite/sqlite-store.js';
 
 export class StartupError extends Error {
   constructor(readonly problems: string[]) {
@@ -42,6 +43,8 @@ export interface Gateway {
   port: number;
   /** How many holds of an earlier process were charged and cleared at start-up. */
   reclaimed: number;
+  /** Which store it runs on, passwords hidden (`sqlite ./tokenwarden.db`, `postgres … + redis …`). */
+  storeDescription: string;
   /** Stop accepting, let in-flight requests finish (up to `graceMs`), settle the rest, close the store. */
   close(opts?: { graceMs?: number }): Promise<void>;
 }
@@ -55,10 +58,6 @@ export interface GatewayOptions {
 /** Settings that would expose or mislead the operator: refuse to start, and say why. */
 function unsupported(config: Config): string[] {
   const problems: string[] = [];
-  if (config.redis) problems.push('redis: the Redis store is not available in this version; remove "redis"');
-  if (/^postgres(ql)?:\/\//.test(config.database)) {
-    problems.push('database: PostgreSQL is not available in this version; use a SQLite file path');
-  }
   if (config.auth.mode === 'keys' && !config.upstreamApiKey) {
     problems.push('auth.mode: "keys" needs the provider key in ANTHROPIC_API_KEY');
   }
@@ -78,22 +77,59 @@ function alertChannels(config: Config, logger: Logger): Array<AlertChannel & Par
   return channels;
 }
 
+/**
+ * Logs errors of the store connections at most once per source every 10 s (an unreachable Redis
+ * reports every reconnection attempt), saying how many were not logged in between.
+ */
+function throttledErrors(logger: Logger): { report(source: string, err: Error): void } {
+  const last = new Map<string, { at: number; suppressed: number }>();
+  return {
+    report(source, err) {
+      const at = Date.now();
+      const seen = last.get(source);
+      if (seen && at - seen.at < 10_000) {
+        seen.suppressed++;
+        return;
+      }
+      last.set(source, { at, suppressed: 0 });
+      logger.error({ err, source, suppressed: seen?.suppressed ?? 0 }, `budget store error (${source})`);
+    },
+  };
+}
+
 /** The composition root: build every service once, wire them, listen. */
 export async function startGateway(config: Config, opts: GatewayOptions = {}): Promise<Gateway> {
   const problems = unsupported(config);
   if (problems.length > 0) throw new StartupError(problems);
   const logger = opts.logger ?? createLogger(config.logLevel);
   const now = opts.now ?? Date.now;
-  if (config.alerts.webhooks.length > 0 || config.alerts.command) {
+  const storeErrors = throttledErrors(logger);
+
+  let opened: OpenedStore;
+  try {
+    opened = await openStore(config, {
+      onError: (source, err) => storeErrors.report(source, err),
+      onRedisConnection: (up) =>
+        up
+          ? logger.info('Redis connection is back; admission resumes')
+          : logger.error(
+              `Redis connection lost; ${config.onStoreError === 'allow' ? 'letting requests through unmetered' : 'refusing requests (503)'} until it is back`,
+            ),
+    });
+  } catch (err) {
+    throw new StartupError([`database: cannot open the budget store: ${(err as Error).message}`]);
+  }
+  const { store, shared } = opened;
+  if (config.redis && !isPostgresUrl(config.database)) {
     logger.warn(
-      'alert channels are configured but not sent by this version (alerts come in a later release)',
+      'redis is used with a SQLite ledger: fine for one instance; replicas sharing a budget need database: "postgres://…"',
     );
   }
-
-  const store = openSqliteStore({ path: config.database });
   const owner = `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
-  // Holds left by an earlier process (crash, kill -9) are charged in full: never under-count.
-  const reclaimed = await store.reclaim({ now: now(), keepOwner: owner });
+  // Holds whose lease ran out (a crashed process) are charged in full: never under-count. On a store
+  // of its own (SQLite), every hold left by an earlier process is such a hold; on a shared store,
+  // other replicas' holds are alive as long as their leases are renewed.
+  const reclaimed = await store.reclaim(shared ? { now: now() } : { now: now(), keepOwner: owner });
   if (reclaimed > 0) logger.warn({ reclaimed }, 'charged holds left by an earlier process in full');
 
   const inflight = new InflightTracker();
@@ -107,11 +143,43 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     owner,
     inflight,
     onBudgetsChanged: () => pokeAlerts(),
+    // Replicas see a halt made on another within a second.
+    emergencyRefreshMs: shared ? 250 : 1000,
   });
+  if (opened.redis) {
+    const redis = opened.redis;
+    redis.setRebuilder(async () => {
+      logger.warn('Redis has lost the budget counters; rebuilding them from the ledger before admitting');
+      const seeds = await countersFromLedger({
+        store,
+        resolver,
+        budgets: gatekeeper.currentBudgets,
+        now: now(),
+      });
+      logger.info({ counters: seeds.length }, 'budget counters rebuilt from the ledger');
+      return seeds;
+    });
+    await redis.ensureReady();
+  }
   if (budgetsFromStore) {
     logger.warn('using the budgets set through the API (stored in the database), not the config file');
   }
   await emergency.start();
+  // Keep the holds of requests in flight alive; reclaim (charge in full) those whose owner stopped
+  // renewing them: a crashed replica, or a settlement the store failed.
+  const leaseTimer = setInterval(
+    () => {
+      gatekeeper
+        .renewLeases(now())
+        .then(() => store.reclaim({ now: now() }))
+        .then((n) => {
+          if (n > 0) logger.warn({ reclaimed: n }, 'charged holds whose lease ran out in full');
+        })
+        .catch((err: unknown) => storeErrors.report('lease', err as Error));
+    },
+    Math.max(250, Math.floor(config.holdLeaseMs / 3)),
+  );
+  leaseTimer.unref();
   const channels = alertChannels(config, logger);
   const monitor = new AlertMonitor({
     store,
@@ -194,6 +262,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     url: `http://${hostForUrl}:${port}`,
     port,
     reclaimed,
+    storeDescription: opened.description,
     close(closeOpts = {}) {
       closed ??= (async () => {
         const closing = app.close();
@@ -207,6 +276,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
         await closing;
         await upstream.close();
         emergency.stop();
+        clearInterval(leaseTimer);
         if (alertTimer) clearTimeout(alertTimer);
         await monitor.idle();
         monitor.close();

@@ -17,7 +17,7 @@ export function registerServe(program: Command): void {
     .description('start the gateway')
     .option('--port <port>', 'port to listen on (default 4000; 0 picks a free port)')
     .option('--host <host>', 'address to listen on (default 127.0.0.1)')
-    .option('--db <path>', 'SQLite database file (default ./tokenwarden.db)')
+    .option('--db <path>', 'SQLite database file (default ./tokenwarden.db) or postgres:// URL')
     .option('--redis <url>', 'Redis URL for shared counters')
     .option('--upstream <url>', 'provider base URL (default https://api.anthropic.com)')
     .option('--config <file>', 'config file (default ./tokenwarden.config.json if present)')
@@ -55,7 +55,7 @@ export function registerServe(program: Command): void {
         process.exitCode = 1;
         return;
       }
-      process.stdout.write(`tokenwarden listening on ${gateway.url} (database ${loaded.config.database})\n`);
+      process.stdout.write(`tokenwarden listening on ${gateway.url} (${gateway.storeDescription})\n`);
       let stopping = false;
       const stop = (signal: string) => {
         if (stopping) return;

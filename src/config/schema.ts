@@ -66,8 +66,34 @@ export const configSchema = z.strictObject({
   $schema: z.string().optional(),
   port: z.number().int().min(0).max(65535).default(4000),
   host: z.string().min(1).default('127.0.0.1'),
+  /** A SQLite file path, or a `postgres://` URL (several replicas share one budget). */
   database: z.string().min(1).default('./tokenwarden.db'),
-  redis: z.string().url().optional(),
+  /** PostgreSQL schema holding tokenwarden's tables (created if missing). */
+  databaseSchema: z
+    .string()
+    .regex(/^[a-z_][a-z0-9_]{0,62}$/, 'expected a lower-case SQL identifier, e.g. "tokenwarden"')
+    .default('public'),
+  /** Shared window counters and holds in Redis (the ledger stays in `database`). */
+  redis: z
+    .string()
+    .url()
+    .refine((u) => /^rediss?:\/\//.test(u), 'expected a redis:// or rediss:// URL')
+    .optional(),
+  /** Prefix (and Redis Cluster hash tag) of every key; replicas sharing a budget share it. */
+  redisPrefix: z
+    .string()
+    .regex(/^[A-Za-z0-9_.:-]{1,100}$/, 'expected 1-100 of A-Z a-z 0-9 _ . : -')
+    .default('tokenwarden'),
+  /**
+   * While the budget store (PostgreSQL or Redis) is unreachable: `deny` answers 503 overloaded_error
+   * (fail closed); `allow` lets requests through unmetered, saying so in a header and the ledger.
+   */
+  onStoreError: z.enum(['deny', 'allow']).default('deny'),
+  /**
+   * Lease of a hold, ms: the gateway renews the holds of its requests in flight; when a replica dies,
+   * any other charges its holds in full once their lease has run out.
+   */
+  holdLeaseMs: z.number().int().min(1000).default(30_000),
   upstream: z.string().url().default('https://api.anthropic.com'),
   /** Provider key used upstream in `keys` auth mode (from ANTHROPIC_API_KEY). Never logged. */
   upstreamApiKey: z.string().min(1).optional(),

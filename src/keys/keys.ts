@@ -4,6 +4,7 @@
  * shown once, when it is created, and never again.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import type { BudgetDef } from '../budget/types.js';
 import type { VirtualKeyRecord } from '../store/ports.js';
 
 const BASE62 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
@@ -294,4 +295,23 @@ export class KeyService {
   get cacheSize(): number {
     return this.cache.size;
   }
+}
+
+/** A virtual key's own limits, as a budget over its agent. */
+export function keyBudgets(key: VirtualKeyRecord): BudgetDef[] {
+  if (!key.limits || Object.keys(key.limits).length === 0) return [];
+  const { month, day, hour, request } = key.limits;
+  return [
+    {
+      name: `key:${key.id}`,
+      scope: { agent: key.agent },
+      limits: {
+        ...(month !== undefined ? { month } : {}),
+        ...(day !== undefined ? { day } : {}),
+        ...(hour !== undefined ? { hour } : {}),
+      },
+      ...(request !== undefined ? { request } : {}),
+      rolling: false,
+    },
+  ];
 }

@@ -5,11 +5,12 @@ import type { Logger } from 'pino';
 import type { Dispatcher } from 'undici';
 import { estimateInputTokens } from '../budget/estimate.js';
 import { costUsd, type Price, type PriceTable, toMicros, worstCostMicros } from '../budget/prices.js';
-import type { BudgetDef, Usage, Weights } from '../budget/types.js';
+import type { Usage, Weights } from '../budget/types.js';
 import { countedTokens, usageFromAnthropic, worstCase } from '../budget/usage.js';
 import type { Config } from '../config/schema.js';
 import { GatewayError, sseErrorFrame, toHttp } from '../errors/gateway-error.js';
-import type { Admission, Gatekeeper, Hold, Refusal } from '../service/gatekeeper.js';
+import { keyBudgets } from '../keys/keys.js';
+import type { Admission, AdmissionRequest, Gatekeeper, Hold, Refusal } from '../service/gatekeeper.js';
 import type { InflightTracker } from '../service/inflight.js';
 import type { Metrics } from '../service/metrics.js';
 import type { BudgetStore, LedgerRow, VirtualKeyRecord } from '../store/ports.js';
@@ -64,25 +65,6 @@ const COUNT_FIELDS = [
   'cache_control',
   'speed',
 ] as const;
-
-/** A virtual key's own limits, as a budget over its agent. */
-function keyBudgets(key: VirtualKeyRecord): BudgetDef[] {
-  if (!key.limits || Object.keys(key.limits).length === 0) return [];
-  const { month, day, hour, request } = key.limits;
-  return [
-    {
-      name: `key:${key.id}`,
-      scope: { agent: key.agent },
-      limits: {
-        ...(month !== undefined ? { month } : {}),
-        ...(day !== undefined ? { day } : {}),
-        ...(hour !== undefined ? { hour } : {}),
-      },
-      ...(request !== undefined ? { request } : {}),
-      rolling: false,
-    },
-  ];
-}
 
 /** Refusals that a smaller max_tokens could turn into an admission. */
 function clampable(r: Refusal): boolean {
@@ -314,7 +296,7 @@ export class MessagesProxy {
     let maxTokens = body.max_tokens;
     let clamped: string | null = null;
 
-    const attempt = async (): Promise<Admission> => {
+    const admissionRequest = (): AdmissionRequest => {
       const worst = worstCase(inputEstimate, maxTokens, this.weights);
       const usdMicros = worstCostMicros(inputEstimate, maxTokens, price);
       const estimatedUsage: Usage = {
@@ -323,33 +305,37 @@ export class MessagesProxy {
         cacheCreationTokens: 0,
         cacheReadTokens: 0,
       };
+      return {
+        id: facts.id,
+        now,
+        agent: facts.agent,
+        model: facts.model,
+        amount: worst.amount,
+        usdMicros,
+        ...(extraBudgets ? { extraBudgets } : {}),
+        force: cfg.mode === 'observe',
+        draft: ledgerRow(facts, {
+          outcome: 'interrupted',
+          status: 0,
+          reserved: worst.amount,
+          usage: estimatedUsage,
+          counted: worst.amount,
+          costUsd: usdMicros / 1_000_000,
+          usageSource: 'estimated',
+        }),
+      };
+    };
+    const attempt = async (): Promise<Admission> => {
       const started = performance.now();
       try {
-        return await this.deps.gatekeeper.admit({
-          id: facts.id,
-          now,
-          agent: facts.agent,
-          model: facts.model,
-          amount: worst.amount,
-          usdMicros,
-          ...(extraBudgets ? { extraBudgets } : {}),
-          force: cfg.mode === 'observe',
-          draft: ledgerRow(facts, {
-            outcome: 'interrupted',
-            status: 0,
-            reserved: worst.amount,
-            usage: estimatedUsage,
-            counted: worst.amount,
-            costUsd: usdMicros / 1_000_000,
-            usageSource: 'estimated',
-          }),
-        });
+        return await this.deps.gatekeeper.admit(admissionRequest());
       } finally {
         this.deps.metrics?.admission(performance.now() - started);
       }
     };
 
     let admission: Admission;
+    let unmetered = false;
     try {
       admission = await attempt();
       // Clamp: lower max_tokens to what every window can still pay for, rather than refuse.
@@ -377,22 +363,36 @@ export class MessagesProxy {
         }
       }
     } catch (err) {
-      this.deps.logger.error({ err, requestId: facts.id }, 'budget store unavailable; failing closed');
-      return this.sendError(
-        reply,
-        new GatewayError(
-          'store_unavailable',
-          'tokenwarden cannot reach its budget store; try again shortly',
-          {
-            'retry-after': '5',
-          },
-        ),
-        facts.id,
-      );
+      if (cfg.onStoreError === 'allow') {
+        // The operator chose availability over enforcement: let it through, and say so everywhere.
+        this.deps.logger.warn(
+          { err, requestId: facts.id },
+          'budget store unavailable; letting the request through unmetered',
+        );
+        facts.metadata.unmetered = `budget store unreachable: ${(err as Error).message ?? String(err)}`;
+        unmetered = true;
+        admission = { ok: true, observed: null, hold: this.deps.gatekeeper.unmetered(admissionRequest()) };
+      } else {
+        this.deps.logger.error({ err, requestId: facts.id }, 'budget store unavailable; failing closed');
+        return this.sendError(
+          reply,
+          new GatewayError(
+            'store_unavailable',
+            'tokenwarden cannot reach its budget store; try again shortly',
+            {
+              'retry-after': '5',
+            },
+          ),
+          facts.id,
+        );
+      }
     }
 
     if (!admission.ok) return this.refuse(reply, facts, admission, now);
     const extraHeaders: Record<string, string> = {};
+    if (unmetered)
+      extraHeaders['x-tokenwarden-unmetered'] =
+        'budget store unreachable; not enforced (onStoreError: allow)';
     const rowExtras: { blockReason: string | null } = { blockReason: null };
     if (clamped) {
       extraHeaders['x-tokenwarden-clamped'] = clamped;
@@ -524,7 +524,7 @@ export class MessagesProxy {
     const tracked = this.deps.inflight.add({
       budgets: hold.budgets,
       abort: (reason) => {
-        haltedBy = reason ?? null;
+        haltedBy ??= reason ?? null;
         ac.abort();
       },
     });

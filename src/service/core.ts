@@ -29,19 +29,38 @@ export async function buildCore(opts: {
   owner: string;
   inflight?: InflightTracker;
   onBudgetsChanged?: () => void;
+  /** How often emergency state is re-read from the store, ms (default 1000). */
+  emergencyRefreshMs?: number;
 }): Promise<Core> {
   const { config, store, logger, now } = opts;
   const stored = await persistedBudgets(store);
   const budgets = stored ?? config.budgets;
   const resolver = new WindowResolver({ timezone: config.timezone, cycleDay: config.cycleDay });
-  const emergency = new EmergencyGuard(store, logger);
+  const { inflight } = opts;
+  const emergency = new EmergencyGuard(
+    store,
+    logger,
+    opts.emergencyRefreshMs ?? 1000,
+    inflight
+      ? (added) => {
+          // Set here or on another replica: it ends the streams in flight here that it covers.
+          for (const s of added) {
+            if (s.until !== null && s.until <= now()) continue;
+            inflight.halt(
+              s.budget,
+              `tokenwarden: ${s.manual ? 'halted by an operator' : 'emergency shutdown'} (${s.reason})`,
+            );
+          }
+        }
+      : undefined,
+  );
   await emergency.refresh();
   const gatekeeper = new Gatekeeper({
     store,
     resolver,
     budgets: toBudgetDefs(budgets),
     owner: opts.owner,
-    holdTtlMs: config.upstreamTimeoutMs * 2 + 60_000,
+    holdTtlMs: config.holdLeaseMs,
     emergency: (names, at) => emergency.active(names, at),
   });
   const operator = new OperatorService(

@@ -3,8 +3,10 @@ import type { ControlStore, EmergencyState } from '../store/ports.js';
 
 /**
  * The emergency states in force, read on every admission from memory and refreshed from the store
- * every second, so a `tokenwarden halt` run by another process (or replica) takes effect within a
- * second. Changes made through this guard apply at once.
+ * every `refreshMs` (a quarter second when replicas share the store), so a halt made by another
+ * process or replica takes effect here within a second. Changes made through this guard apply at
+ * once. `onAdded` is told of every state it sees appear, wherever it was set (to end the streams in
+ * flight here that it covers).
  */
 export class EmergencyGuard {
   private states: EmergencyState[] = [];
@@ -14,6 +16,7 @@ export class EmergencyGuard {
     private readonly store: Pick<ControlStore, 'setEmergency' | 'clearEmergency' | 'listEmergencies'>,
     private readonly logger: Logger,
     private readonly refreshMs = 1000,
+    private readonly onAdded?: (added: EmergencyState[]) => void,
   ) {}
 
   async start(): Promise<void> {
@@ -30,7 +33,11 @@ export class EmergencyGuard {
   }
 
   async refresh(): Promise<void> {
+    const before = new Set(this.states.map(stateKey));
     this.states = await this.store.listEmergencies();
+    if (!this.onAdded) return;
+    const added = this.states.filter((s) => !before.has(stateKey(s)));
+    if (added.length > 0) this.onAdded(added);
   }
 
   /** States in force at `now` (those whose period has ended lift by themselves). */
@@ -58,4 +65,8 @@ export class EmergencyGuard {
     await this.refresh();
     return n;
   }
+}
+
+function stateKey(s: EmergencyState): string {
+  return `${s.budget}\n${s.since}`;
 }

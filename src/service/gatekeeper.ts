@@ -35,6 +35,11 @@ export interface Hold {
   remaining: Partial<Record<WindowKind, number>>;
   /** Names of the budgets the request counts against. */
   budgets: string[];
+  /**
+   * Set on a request let through without a hold while the store was unreachable (`onStoreError:
+   * allow`): its admission, to charge the windows at settlement if the store is back by then.
+   */
+  unmetered?: AdmissionRequest;
 }
 
 export type Refusal =
@@ -92,6 +97,8 @@ export function usdSlot(slot: WindowSlot, limitUsd: number | undefined): WindowS
  */
 export class Gatekeeper {
   private budgets: BudgetDef[];
+  /** Holds admitted and not settled yet: their leases are renewed while they are in flight. */
+  private readonly live = new Set<string>();
 
   constructor(private readonly deps: GatekeeperDeps) {
     this.budgets = deps.budgets;
@@ -240,6 +247,7 @@ export class Gatekeeper {
       if (!result.ok) throw new Error('unlimited reserve refused');
     }
     const tokenSlots = slots.slice(0, plan.slots.length);
+    this.live.add(req.id);
     return {
       ok: true,
       observed,
@@ -278,11 +286,63 @@ export class Gatekeeper {
    * Replace the hold by the actual charge in every window — `counted` tokens, `usdMicros` cost
    * (0 and 0 release it) — and write the ledger row, atomically.
    */
-  settle(hold: Hold, counted: number, usdMicros: number, row: LedgerRow): Promise<void> {
-    return this.deps.store.settle(
-      hold.id,
-      hold.units.map((u) => (u === 'usd' ? usdMicros : counted)),
-      row,
-    );
+  /**
+   * A hold that holds nothing, for a request let through while the store is unreachable
+   * (`onStoreError: allow`). Its settlement charges the windows if the store is back by then.
+   */
+  unmetered(req: AdmissionRequest): Hold {
+    return {
+      id: req.id,
+      amount: req.amount,
+      usdMicros: req.usdMicros ?? 0,
+      entries: [],
+      units: [],
+      slots: [],
+      remaining: {},
+      budgets: this.matching(req.agent, req.model, req.extraBudgets).map((b) => b.name),
+      unmetered: req,
+    };
+  }
+
+  async settle(hold: Hold, counted: number, usdMicros: number, row: LedgerRow): Promise<void> {
+    if (hold.unmetered) return this.settleUnmetered(hold.unmetered, counted, usdMicros, row);
+    try {
+      await this.deps.store.settle(
+        hold.id,
+        hold.units.map((u) => (u === 'usd' ? usdMicros : counted)),
+        row,
+      );
+    } finally {
+      // Settled, or the store failed: either way its lease is no longer renewed, so a hold the store
+      // still has is reclaimed (charged in full) once the lease runs out, never leaked.
+      this.live.delete(hold.id);
+    }
+  }
+
+  private async settleUnmetered(req: AdmissionRequest, counted: number, usd: number, row: LedgerRow) {
+    let admitted: Admission | null = null;
+    try {
+      // Without limits: the request has run; its usage only has to be counted.
+      admitted = await this.admit({ ...req, force: true, draft: row });
+    } catch {
+      admitted = null;
+    }
+    if (admitted?.ok) return this.settle(admitted.hold, counted, usd, row);
+    // Still unreachable: the ledger (if it is up) keeps the row; the counters catch up when rebuilt.
+    await this.deps.store.appendLedger(row);
+  }
+
+  /** Ids of the holds admitted here and not settled yet. */
+  liveHolds(): string[] {
+    return [...this.live];
+  }
+
+  /**
+   * Extend the lease of every hold in flight to `now + leaseMs`. Called periodically (every third
+   * of the lease), so a long stream keeps its hold while a dead process's holds lapse.
+   */
+  async renewLeases(now: number): Promise<number> {
+    if (this.live.size === 0) return 0;
+    return this.deps.store.renew(this.liveHolds(), now + this.deps.holdTtlMs);
   }
 }

@@ -136,7 +136,7 @@ export async function openRedisStore(opts: RedisStoreOptions): Promise<RedisStor
     throw new Error(`cannot connect to Redis at ${redactUrl(opts.url)}: ${(err as Error).message}`);
   }
   connected = true;
-  return buildStore(redis, prefix, opts.ledger, () => connected);
+  return buildStore(redis, prefix, opts.ledger, () => redis.status === 'ready');
 }
 
 /** The URL without its password, for messages. */
