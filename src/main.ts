@@ -180,6 +180,19 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     Math.max(250, Math.floor(config.holdLeaseMs / 3)),
   );
   leaseTimer.unref();
+  // Budgets changed through the API of another replica apply here within a second.
+  await operator.syncBudgets();
+  const budgetTimer = shared
+    ? setInterval(() => {
+        operator
+          .syncBudgets()
+          .then((changed) => {
+            if (changed) logger.info('applied budgets changed through another replica');
+          })
+          .catch((err: unknown) => storeErrors.report('budgets', err as Error));
+      }, 1000)
+    : null;
+  budgetTimer?.unref();
   const channels = alertChannels(config, logger);
   const monitor = new AlertMonitor({
     store,
@@ -277,6 +290,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
         await upstream.close();
         emergency.stop();
         clearInterval(leaseTimer);
+        if (budgetTimer) clearInterval(budgetTimer);
         if (alertTimer) clearTimeout(alertTimer);
         await monitor.idle();
         monitor.close();

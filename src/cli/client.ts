@@ -4,14 +4,13 @@
  * API (`--url`). The operator commands (status, monitor, reset, restore, halt, resume, export) only
  * talk to an OperatorClient, so each stays thin and works both ways.
  */
-import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import type { Config } from '../config/schema.js';
 import { createLogger } from '../logger.js';
 import { buildCore } from '../service/core.js';
 import { InvalidInput, type ResetResult, type ResetScope } from '../service/operator.js';
 import type { SummaryDoc } from '../service/summary.js';
-import type { AlertLevel, LedgerRow, Outcome } from '../store/ports.js';
+import type { AlertLevel, LedgerRow, Outcome, Store } from '../store/ports.js';
 import type { SqliteStore } from '../store/sqlite/sqlite-store.js';
 import {
   applyRestore,
@@ -24,6 +23,7 @@ import {
   resetWithJournal,
 } from './backup.js';
 import {
+  databaseTarget,
   type LocalFlags,
   loadLocalConfig,
   localOptions,
@@ -120,7 +120,7 @@ export function targetOptions(cmd: Command): Command {
  * the database, which must exist. Throws a CliError when the flags conflict or the database cannot
  * be opened.
  */
-export function openClient(flags: TargetFlags, opts: { timeoutMs?: number } = {}): OperatorClient {
+export function openClient(flags: TargetFlags, opts: { timeoutMs?: number } = {}): Promise<OperatorClient> {
   return connector(flags, opts).connect();
 }
 
@@ -132,27 +132,28 @@ export function openClient(flags: TargetFlags, opts: { timeoutMs?: number } = {}
 export function connector(
   flags: TargetFlags,
   opts: { timeoutMs?: number } = {},
-): { connect: () => OperatorClient; target: string } {
+): { connect: () => Promise<OperatorClient>; target: string } {
   if (flags.url !== undefined) {
     if (flags.db !== undefined || flags.config !== undefined) {
       throw new CliError('--url asks a running gateway; it cannot be combined with --db or --config', USAGE);
     }
     const token = flags.token ?? nonEmpty(process.env.TOKENWARDEN_ADMIN_TOKEN);
     const client = new RemoteClient(flags.url, token, opts.timeoutMs ?? 15_000);
-    return { connect: () => client, target: client.target };
+    return { connect: async () => client, target: client.target };
   }
   if (flags.token !== undefined) throw new CliError('--token goes with --url', USAGE);
   const config = loadLocalConfig(flags);
-  return { connect: () => openLocalClient(config), target: `database ${resolve(config.database)}` };
+  return { connect: () => openLocalClient(config), target: databaseTarget(config) };
 }
 
 /** A local client on the configured database; throws a CliError when it cannot be opened. */
-export function openLocalClient(config: Config): OperatorClient {
+export async function openLocalClient(config: Config): Promise<OperatorClient> {
   try {
-    return new LocalClient(config, openConfiguredStore(config, { mustExist: true }));
+    const { store, sqlite } = await openConfiguredStore(config, { mustExist: true });
+    return new LocalClient(config, store, sqlite);
   } catch (err) {
     if (err instanceof MissingDatabaseError) throw new CliError(err.message);
-    throw new CliError(`cannot open database ${config.database}: ${(err as Error).message}`);
+    throw new CliError(`cannot open ${databaseTarget(config)}: ${(err as Error).message}`);
   }
 }
 
@@ -180,6 +181,10 @@ function alertView(a: {
   };
 }
 
+const RESTORE_NEEDS_SQLITE =
+  'restore brings back a SQLite backup; with PostgreSQL, reset writes a JSONL export (not restorable) ' +
+  "and the database's own backups (pg_dump, point-in-time recovery) are the way back";
+
 /** The database directly, through the same services the gateway builds (src/service/core.ts). */
 class LocalClient implements OperatorClient {
   readonly remote = false;
@@ -188,9 +193,11 @@ class LocalClient implements OperatorClient {
 
   constructor(
     private readonly config: Config,
-    private readonly store: SqliteStore,
+    private readonly store: Store,
+    /** Set when the database is a SQLite file: backups are copies of it, and restorable. */
+    private readonly sqlite: SqliteStore | null,
   ) {
-    this.target = `database ${resolve(config.database)}`;
+    this.target = databaseTarget(config);
   }
 
   /**
@@ -223,21 +230,25 @@ class LocalClient implements OperatorClient {
   }
 
   backup(opts: { dir?: string; progress: Progress }) {
-    return backupSqlite(this.store.db, this.config.database, opts);
+    // PostgreSQL: a JSONL export like a remote backup (the database's own backups restore it).
+    if (!this.sqlite) return backupJsonl(this, opts);
+    return backupSqlite(this.sqlite.db, this.config.database, opts);
   }
 
   async reset(scope: ResetScope, backup?: Backup) {
     const { operator } = await this.core();
-    if (!backup) return operator.reset(scope);
-    return resetWithJournal(this.store, backup, scope, () => operator.reset(scope));
+    if (!backup || !this.sqlite) return operator.reset(scope);
+    return resetWithJournal(this.sqlite, backup, scope, () => operator.reset(scope));
   }
 
   async planRestore(file: string) {
-    return planRestore(this.store, file);
+    if (!this.sqlite) throw new CliError(RESTORE_NEEDS_SQLITE, USAGE);
+    return planRestore(this.sqlite, file);
   }
 
   async restore(plan: RestorePlan) {
-    return applyRestore(this.store, plan);
+    if (!this.sqlite) throw new CliError(RESTORE_NEEDS_SQLITE, USAGE);
+    return applyRestore(this.sqlite, plan);
   }
 
   async resume(budget?: string) {

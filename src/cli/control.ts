@@ -26,7 +26,7 @@ export function registerControl(program: Command): void {
     ),
   ).action((flags: HaltFlags) =>
     run(async () => {
-      const client = openClient(flags);
+      const client = await openClient(flags);
       try {
         const result = await client.halt(flags.budget, flags.reason);
         if (flags.json) {
@@ -58,7 +58,7 @@ export function registerControl(program: Command): void {
     ),
   ).action((flags: ResumeFlags) =>
     run(async () => {
-      const client = openClient(flags);
+      const client = await openClient(flags);
       try {
         const resumed = await client.resume(flags.budget);
         if (flags.json) {

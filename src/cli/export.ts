@@ -39,7 +39,7 @@ export function registerExport(program: Command): void {
       if (since !== undefined && until !== undefined && since >= until) {
         throw new CliError('--since must be before --until', USAGE);
       }
-      const client = openClient(flags, { timeoutMs: 60_000 });
+      const client = await openClient(flags, { timeoutMs: 60_000 });
       // A file is written under a temporary name and renamed when complete, so an interrupted export
       // never looks like a finished one.
       const target = flags.out === undefined ? null : resolve(flags.out);

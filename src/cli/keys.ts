@@ -97,7 +97,7 @@ async function withKeys(
   flags: LocalFlags,
   fn: (keys: KeyService, local: Local) => Promise<void>,
 ): Promise<void> {
-  const local = openLocal(flags);
+  const local = await openLocal(flags);
   try {
     await fn(new KeyService({ store: local.store, now: Date.now }), local);
   } catch (err) {

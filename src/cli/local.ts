@@ -3,6 +3,8 @@ import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { loadConfig } from '../config/load.js';
 import type { Config } from '../config/schema.js';
+import { describeDatabase, isPostgresUrl, openStore } from '../store/open.js';
+import type { Store } from '../store/ports.js';
 import { openSqliteStore, type SqliteStore } from '../store/sqlite/sqlite-store.js';
 
 /** Flags shared by the commands that work on the local database (keys, status, reset, export…). */
@@ -13,7 +15,9 @@ export interface LocalFlags {
 
 export interface Local {
   config: Config;
-  store: SqliteStore;
+  store: Store;
+  /** The SQLite store, when the database is a SQLite file (backups and restores work on it). */
+  sqlite: SqliteStore | null;
   close(): Promise<void>;
 }
 
@@ -21,7 +25,7 @@ export interface Local {
 export function localOptions(cmd: Command): Command {
   return cmd
     .option('--config <file>', 'config file (default ./tokenwarden.config.json if present)')
-    .option('--db <path>', 'SQLite database file (default ./tokenwarden.db)');
+    .option('--db <path>', 'SQLite database file (default ./tokenwarden.db) or postgres:// URL');
 }
 
 /**
@@ -37,14 +41,6 @@ export function loadLocalConfig(flags: LocalFlags): Config {
     process.exit(2);
   }
   const { config } = loaded;
-  if (/^postgres(ql)?:\/\//.test(config.database)) {
-    // Otherwise SQLite would create a file named after the URL.
-    process.stderr.write(
-      'tokenwarden: invalid configuration:\n' +
-        '  - database: PostgreSQL is not available in this version; use a SQLite file path\n',
-    );
-    process.exit(2);
-  }
   return config;
 }
 
@@ -60,34 +56,51 @@ export class MissingDatabaseError extends Error {
 }
 
 /**
- * Open (migrating if needed) the SQLite database of `config`. With `mustExist`, a missing file is a
- * MissingDatabaseError rather than a new empty database: reading the usage of a database nobody has
- * written is almost always a wrong path. Throws when the file cannot be opened.
+ * Open (migrating if needed) the database of `config`: the SQLite file, or PostgreSQL (with Redis for
+ * the counters when configured), exactly as `serve` does. With `mustExist`, a missing SQLite file is
+ * a MissingDatabaseError rather than a new empty database: reading the usage of a database nobody has
+ * written is almost always a wrong path. Rejects when the database cannot be opened.
  */
-export function openConfiguredStore(config: Config, opts: { mustExist?: boolean } = {}): SqliteStore {
+export async function openConfiguredStore(
+  config: Config,
+  opts: { mustExist?: boolean } = {},
+): Promise<{ store: Store; sqlite: SqliteStore | null }> {
+  if (isPostgresUrl(config.database)) {
+    const { store } = await openStore(config);
+    return { store, sqlite: null };
+  }
   if (opts.mustExist && config.database !== ':memory:' && !existsSync(config.database)) {
     throw new MissingDatabaseError(resolve(config.database));
   }
-  return openSqliteStore({ path: config.database });
+  if (config.redis) {
+    const { store } = await openStore(config);
+    return { store, sqlite: null };
+  }
+  const sqlite = openSqliteStore({ path: config.database });
+  return { store: sqlite, sqlite };
+}
+
+/** `database /abs/path.db` or `database postgres://…` (password hidden), for messages. */
+export function databaseTarget(config: Config): string {
+  return `database ${isPostgresUrl(config.database) ? describeDatabase(config.database) : resolve(config.database)}`;
 }
 
 /**
- * Load the configuration like {@link loadLocalConfig} and open its SQLite database, which a running
- * gateway may share (WAL). When the database cannot be opened, prints why and exits with code 1.
- * Never returns without a usable store.
+ * Load the configuration like {@link loadLocalConfig} and open its database, which a running gateway
+ * may share. When the database cannot be opened, prints why and exits with code 1. Never returns
+ * without a usable store.
  */
-export function openLocal(flags: LocalFlags, opts: { mustExist?: boolean } = {}): Local {
+export async function openLocal(flags: LocalFlags, opts: { mustExist?: boolean } = {}): Promise<Local> {
   const config = loadLocalConfig(flags);
-  let store: SqliteStore;
   try {
-    store = openConfiguredStore(config, opts);
+    const { store, sqlite } = await openConfiguredStore(config, opts);
+    return { config, store, sqlite, close: () => store.close() };
   } catch (err) {
     const message =
       err instanceof MissingDatabaseError
         ? err.message
-        : `cannot open database ${config.database}: ${(err as Error).message}`;
+        : `cannot open database ${describeDatabase(config.database)}: ${(err as Error).message}`;
     process.stderr.write(`tokenwarden: ${message}\n`);
     process.exit(1);
   }
-  return { config, store, close: () => store.close() };
 }

@@ -24,7 +24,11 @@ const LEAVE = '\x1b[?7h\x1b[?25h\x1b[?1049l';
  * `r`) and on resize; keep the last data and show the error while the source is unreachable.
  * Exits the process when done (a request still in flight must not hold it open).
  */
-async function runMonitor(connect: () => OperatorClient, target: string, intervalMs: number): Promise<never> {
+async function runMonitor(
+  connect: () => Promise<OperatorClient>,
+  target: string,
+  intervalMs: number,
+): Promise<never> {
   const out = process.stdout;
   const paint = painter(colorFor(out));
   const state: MonitorState = {
@@ -63,7 +67,7 @@ async function runMonitor(connect: () => OperatorClient, target: string, interva
     }
     busy = true;
     try {
-      client ??= connect();
+      client ??= await connect();
       const rows = Math.max(10, Math.min(200, out.rows ?? 24));
       const [summary, requests, alerts] = await Promise.all([
         client.summary(),

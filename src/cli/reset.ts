@@ -115,7 +115,7 @@ export function registerReset(program: Command): void {
         ...(flags.budget !== undefined ? { budget: flags.budget } : {}),
       };
       const out = flags.json ? process.stderr : process.stdout;
-      const client = openClient(flags, { timeoutMs: 120_000 });
+      const client = await openClient(flags, { timeoutMs: 120_000 });
       try {
         const backup = await client.backup({
           ...(flags.backupDir !== undefined ? { dir: flags.backupDir } : {}),
@@ -173,7 +173,7 @@ export function registerReset(program: Command): void {
     run(async () => {
       needConfirmation(flags.yes, 'restore');
       const out = flags.json ? process.stderr : process.stdout;
-      const client = openClient(flags);
+      const client = await openClient(flags);
       try {
         const plan = await client.planRestore(file);
         out.write(describePlan(plan));

@@ -18,7 +18,7 @@ export function registerStatus(program: Command): void {
     ),
   ).action((flags: StatusFlags) =>
     run(async () => {
-      const client = openClient(flags);
+      const client = await openClient(flags);
       try {
         const doc = await client.summary();
         if (flags.json) {

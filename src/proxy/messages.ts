@@ -529,6 +529,12 @@ export class MessagesProxy {
       },
     });
     const ours = { ...remainingHeaders(facts.id, hold), ...charge.extraHeaders };
+    /** A request ended by a halt before its response began: 429, like a request refused by one. */
+    const sendHalted = (reason: string): void => {
+      const http = toHttp(new GatewayError('budget_exhausted', reason, { 'x-should-retry': 'false' }));
+      res.writeHead(http.status, { ...http.headers, ...ours });
+      res.end(http.body);
+    };
 
     const settle = async (end: Ending): Promise<void> => {
       let counted: number;
@@ -594,13 +600,16 @@ export class MessagesProxy {
         const kind = clientGone ? 'aborted' : classifyUpstreamError(err);
         if (kind === 'aborted') {
           // The provider may already be generating: charge the whole hold.
+          const halt = clientGone ? null : haltedBy;
           await settle({
-            outcome: 'client_aborted',
-            status: 0,
+            outcome: halt !== null ? 'blocked' : 'client_aborted',
+            status: halt !== null ? 429 : 0,
             usage: null,
             source: 'estimated',
             upstreamRequestId: null,
+            ...(halt !== null ? { blockReason: halt } : {}),
           });
+          if (halt !== null) sendHalted(halt);
           return;
         }
         const status = kind === 'timeout' ? 504 : 502;
@@ -670,14 +679,18 @@ export class MessagesProxy {
         body = null;
       }
       if (body === null) {
+        const halt = clientGone ? null : haltedBy;
         await settle({
-          outcome: clientGone ? 'client_aborted' : 'upstream_error',
-          status: clientGone ? 0 : 502,
+          outcome: clientGone ? 'client_aborted' : halt !== null ? 'blocked' : 'upstream_error',
+          status: clientGone ? 0 : halt !== null ? 429 : 502,
           usage: null,
           source: 'estimated',
           upstreamRequestId,
+          ...(halt !== null ? { blockReason: halt } : {}),
         });
-        if (!clientGone) {
+        if (halt !== null) {
+          sendHalted(halt);
+        } else if (!clientGone) {
           const http = toHttp(
             new GatewayError('upstream_unreachable', 'The provider response was cut short.'),
           );

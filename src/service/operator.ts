@@ -49,6 +49,8 @@ const KIND_OF_SERIES = /\|(?:usd-)?(?:rolling-)?(month|day|hour)$/;
  */
 export class OperatorService {
   private budgetConfigs: BudgetConfig[];
+  /** The stored budgets setting last applied here (undefined: not read yet). */
+  private budgetsRaw: string | null | undefined;
 
   constructor(
     private readonly deps: {
@@ -65,6 +67,29 @@ export class OperatorService {
     budgets: BudgetConfig[],
   ) {
     this.budgetConfigs = budgets;
+  }
+
+  /**
+   * Apply budgets that another replica (or process) stored through the API since this one last
+   * looked. Returns whether they changed. Invalid stored budgets are ignored (kept as they were).
+   */
+  async syncBudgets(): Promise<boolean> {
+    const raw = await this.deps.store.getSetting(BUDGETS_SETTING);
+    if (raw === this.budgetsRaw) return false;
+    const first = this.budgetsRaw === undefined;
+    this.budgetsRaw = raw;
+    if (raw === null || first) return false;
+    let parsed: ReturnType<typeof budgetListSchema.safeParse>;
+    try {
+      parsed = budgetListSchema.safeParse(JSON.parse(raw));
+    } catch {
+      return false;
+    }
+    if (!parsed.success) return false;
+    this.budgetConfigs = parsed.data;
+    this.deps.gatekeeper.setBudgets(toBudgetDefs(parsed.data));
+    this.deps.onBudgetsChanged?.();
+    return true;
   }
 
   async summary(): Promise<SummaryDoc> {
@@ -182,7 +207,9 @@ export class OperatorService {
           .join('; '),
       );
     }
-    await this.deps.store.setSetting(BUDGETS_SETTING, JSON.stringify(parsed.data));
+    const raw = JSON.stringify(parsed.data);
+    await this.deps.store.setSetting(BUDGETS_SETTING, raw);
+    this.budgetsRaw = raw;
     this.budgetConfigs = parsed.data;
     this.deps.gatekeeper.setBudgets(toBudgetDefs(parsed.data));
     this.deps.onBudgetsChanged?.();

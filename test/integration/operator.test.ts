@@ -145,6 +145,32 @@ describe('alerts and emergency', () => {
   });
 });
 
+describe('halting a request that has no response yet', () => {
+  it('answers it 429 at once (never leaves it hanging) and charges its whole hold', async () => {
+    h = await startHarness({ budgets: ROOMY });
+    const client = h.client({ maxRetries: 0, timeout: 10_000 });
+    const pending = client.messages
+      .create({ model: MODEL, max_tokens: 300, messages: hello }, { headers: { 'x-fake-delay-ms': '5000' } })
+      .catch((e: unknown) => e);
+    await h.upstream.waitForRequests(1);
+    const started = Date.now();
+    const halt = await h.api('/api/token-usage/halt', {
+      method: 'POST',
+      headers: json,
+      body: JSON.stringify({ reason: 'cost review' }),
+    });
+    expect(await halt.json()).toMatchObject({ budget: '*', ended: 1 });
+    const err = await pending;
+    expect(Date.now() - started).toBeLessThan(2000);
+    expect(err).toBeInstanceOf(Anthropic.RateLimitError);
+    expect(String(err)).toMatch(/cost review/);
+    await waitUntil(async () => (await h?.gateway.store.holdCount()) === 0);
+    const row = (await h.ledger())[0];
+    expect(row).toMatchObject({ outcome: 'blocked', status: 429, usageSource: 'estimated', outputTokens: 300 });
+    await h.api('/api/token-usage/resume', { method: 'POST' });
+  });
+});
+
 describe('operator authentication', () => {
   it('with an admin token, every operator endpoint answers 401 without it or with a wrong one', async () => {
     h = await startHarness({ budgets: ROOMY, auth: { adminToken: 'the-admin-token' } });

@@ -101,6 +101,7 @@ export async function openRedisStore(opts: RedisStoreOptions): Promise<RedisStor
     throw new RangeError(`redis prefix must be 1-100 of A-Z a-z 0-9 _ . : -, got "${prefix}"`);
   }
   let connected = false;
+  let opened = false;
   const redis = new Redis(opts.url, {
     lazyConnect: true,
     // Fail closed at once while disconnected instead of queueing admissions for later.
@@ -114,12 +115,13 @@ export async function openRedisStore(opts: RedisStoreOptions): Promise<RedisStor
     connectionName: 'tokenwarden',
   });
   redis.on('error', (err: Error) => opts.onError?.(err));
+  // Reported only after the first connection: the start-up connection is not news.
   redis.on('ready', () => {
-    if (!connected) opts.onConnectionChange?.(true);
+    if (!connected && opened) opts.onConnectionChange?.(true);
     connected = true;
   });
   redis.on('close', () => {
-    if (connected) opts.onConnectionChange?.(false);
+    if (connected && opened) opts.onConnectionChange?.(false);
     connected = false;
   });
   redis.defineCommand('twReserve', { lua: RESERVE });
@@ -136,6 +138,7 @@ export async function openRedisStore(opts: RedisStoreOptions): Promise<RedisStor
     throw new Error(`cannot connect to Redis at ${redactUrl(opts.url)}: ${(err as Error).message}`);
   }
   connected = true;
+  opened = true;
   return buildStore(redis, prefix, opts.ledger, () => redis.status === 'ready');
 }
 
