@@ -166,7 +166,12 @@ describe('halting a request that has no response yet', () => {
     expect(String(err)).toMatch(/cost review/);
     await waitUntil(async () => (await h?.gateway.store.holdCount()) === 0);
     const row = (await h.ledger())[0];
-    expect(row).toMatchObject({ outcome: 'blocked', status: 429, usageSource: 'estimated', outputTokens: 300 });
+    expect(row).toMatchObject({
+      outcome: 'blocked',
+      status: 429,
+      usageSource: 'estimated',
+      outputTokens: 300,
+    });
     await h.api('/api/token-usage/resume', { method: 'POST' });
   });
 });

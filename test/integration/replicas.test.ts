@@ -137,7 +137,7 @@ function sharedSuite(label: string, redis: () => string | undefined): void {
       expect(b2).toBeLessThan(1000);
     }, 60_000);
 
-    it('the CLI works on the shared database directly: status shows the replicas\' usage, halt stops them all', async () => {
+    it("the CLI works on the shared database directly: status shows the replicas' usage, halt stops them all", async () => {
       const cli = (...args: string[]) =>
         execFileAsync(process.execPath, [BIN, ...args, '--config', set.configPath], { timeout: 30_000 });
       const status = JSON.parse((await cli('status', '--json')).stdout) as SummaryDoc;
