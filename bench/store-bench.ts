@@ -1,21 +1,35 @@
 /**
  * Store benchmark: reserve+settle cycles of a 3-entry hold (month, day, hour), the shape of one
- * admitted request. Each store runs them one at a time (concurrency 1: the latency of a lone
- * request) and the SQLite store also from 32 concurrent loops (the gateway under load, where the
- * store can commit many operations together). Reports throughput and per-cycle latency.
+ * admitted request, each settle writing its ledger row. Each store runs them one at a time
+ * (concurrency 1: the latency of a lone request) and, except memory, also from 32 concurrent loops
+ * (the gateway under load, where the store can commit many operations together). Stores: memory,
+ * SQLite (a temporary file), PostgreSQL (a temporary schema on TOKENWARDEN_BENCH_POSTGRES_URL, default
+ * the local server) and Redis counters over that PostgreSQL ledger (a temporary key prefix on
+ * TOKENWARDEN_BENCH_REDIS_URL). An unreachable server is reported as skipped. Reports throughput and
+ * per-cycle latency.
  *
  *   node --import tsx bench/store-bench.ts
  */
+
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
-import { createMemoryStore, openSqliteStore } from '../src/store/index.js';
+import { Redis } from 'ioredis';
+import pg from 'pg';
+import {
+  createMemoryStore,
+  openPostgresStore,
+  openRedisStore,
+  openSqliteStore,
+  type PostgresStore,
+} from '../src/store/index.js';
 import type { BudgetStore, HoldEntry, LedgerRow } from '../src/store/ports.js';
 
 export interface StoreBenchResult {
-  store: 'memory' | 'sqlite';
+  store: 'memory' | 'sqlite' | 'postgres' | 'redis+postgres';
   /** Reserve+settle loops running at once, each awaiting its own reserve then settle. */
   concurrency: number;
   /** Measured reserve+settle cycles (after warm-up). */
@@ -31,6 +45,8 @@ export interface StoreBenchResult {
 export interface StoreBenchOptions {
   memoryCycles?: number;
   sqliteCycles?: number;
+  /** Cycles per PostgreSQL and Redis run (default 3000). */
+  sharedCycles?: number;
   /** Loops of the concurrent SQLite run (default 32, the load scenario's connections); 0 skips it. */
   concurrency?: number;
 }
@@ -119,6 +135,7 @@ export async function runStoreBench(opts: StoreBenchOptions = {}): Promise<Store
   const memoryCycles = opts.memoryCycles ?? 200_000;
   const sqliteCycles = opts.sqliteCycles ?? 20_000;
   const concurrency = opts.concurrency ?? 32;
+  const sharedCycles = opts.sharedCycles ?? ((opts as { quick?: boolean }).quick ? 600 : 3000);
   const results: StoreBenchResult[] = [];
 
   const memory = createMemoryStore({ maxLedgerRows: 10_000 });
@@ -139,7 +156,61 @@ export async function runStoreBench(opts: StoreBenchOptions = {}): Promise<Store
       rmSync(dir, { recursive: true, force: true });
     }
   }
+  // Shared stores: PostgreSQL alone, then Redis counters over a PostgreSQL ledger (as deployed).
+  const pgUrl = process.env.TOKENWARDEN_BENCH_POSTGRES_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+  const redisUrl = process.env.TOKENWARDEN_BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379';
+  for (const kind of ['postgres', 'redis+postgres'] as const) {
+    for (const c of concurrency > 1 ? [1, concurrency] : [1]) {
+      const schema = `tw_bench_${randomBytes(5).toString('hex')}`;
+      const prefix = `twbench-${randomBytes(5).toString('hex')}`;
+      let ledger: PostgresStore | null = null;
+      try {
+        ledger = await openPostgresStore({ url: pgUrl, schema, poolSize: Math.min(c, 16) });
+        const store = kind === 'postgres' ? ledger : await openRedisStore({ url: redisUrl, prefix, ledger });
+        try {
+          results.push({ store: kind, ...(await measure(store, sharedCycles, sharedCycles / 10, c)) });
+        } finally {
+          await store.close();
+        }
+      } catch (err) {
+        await ledger?.close().catch(() => undefined);
+        console.log(`  ${kind} (${c} loops) skipped: ${(err as Error).message}`);
+      } finally {
+        await cleanupShared(pgUrl, schema, redisUrl, kind === 'redis+postgres' ? prefix : null);
+      }
+    }
+  }
   return results;
+}
+
+/** Drops the bench schema and deletes the bench key prefix (nothing else). */
+async function cleanupShared(pgUrl: string, schema: string, redisUrl: string, prefix: string | null) {
+  const client = new pg.Client({ connectionString: pgUrl, connectionTimeoutMillis: 3000 });
+  client.on('error', () => {});
+  try {
+    await client.connect();
+    await client.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+  } catch {
+    // unreachable: nothing was created
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+  if (!prefix) return;
+  const redis = new Redis(redisUrl, { lazyConnect: true, maxRetriesPerRequest: 0 });
+  redis.on('error', () => {});
+  try {
+    await redis.connect();
+    let cursor = '0';
+    do {
+      const [next, keys] = await redis.scan(cursor, 'MATCH', `{${prefix}}:*`, 'COUNT', 1000);
+      cursor = next;
+      if (keys.length > 0) await redis.del(...keys);
+    } while (cursor !== '0');
+  } catch {
+    // unreachable: nothing was created
+  } finally {
+    redis.disconnect();
+  }
 }
 
 /** The results as a fixed-width table. */

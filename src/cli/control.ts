@@ -39,8 +39,7 @@ export function registerControl(program: Command): void {
         process.stdout.write(
           client.remote
             ? `${result.ended} stream(s) in flight were ended\n`
-            : 'a gateway on this database applies it within a second; streams already running finish ' +
-                '(use --url to end them at once)\n',
+            : 'every gateway on this database applies it within a second and ends the streams it covers\n',
         );
       } finally {
         await client.close();

@@ -197,6 +197,48 @@ await describePostgres('a Redis outage', async () => {
       for (const c of cleanups.splice(0).reverse()) await c().catch(() => undefined);
     });
 
+    it('with onStoreError "allow", lets requests through while Redis is down and says so in a header and the ledger', async () => {
+      upstream.reset();
+      const server = await startPrivateRedis();
+      cleanups.push(server.cleanup);
+      const set = await startReplicas(1, {
+        upstream: upstream.url,
+        redis: server.url,
+        config: { budgets: [{ name: 'global', month: 100_000 }], onStoreError: 'allow' },
+      });
+      cleanups.push(() => set.close());
+      const c = client(set.replicas[0]?.url as string);
+      const first = await c.messages.create({ model: MODEL, max_tokens: 20, messages: hello }).withResponse();
+      expect(first.response.headers.get('x-tokenwarden-unmetered')).toBeNull();
+
+      await server.stop();
+      const during = await c.messages
+        .create({ model: MODEL, max_tokens: 20, messages: hello })
+        .withResponse();
+      expect(during.response.headers.get('x-tokenwarden-unmetered')).toMatch(/unreachable/);
+      const id = during.response.headers.get('x-tokenwarden-request-id');
+      const page = (await (
+        await fetch(`${set.replicas[0]?.url}/api/token-usage/requests?limit=10`)
+      ).json()) as { requests: Array<{ id: string; outcome: string; metadata: Record<string, unknown> }> };
+      const row = page.requests.find((r) => r.id === id);
+      expect(row?.outcome).toBe('ok');
+      expect(String(row?.metadata.unmetered)).toMatch(/budget store unreachable/);
+      expect(upstream.bill.requests).toBe(2);
+
+      await server.start();
+      // Back (and rebuilt from the ledger, the unmetered request included): metered again.
+      let after: Awaited<ReturnType<ReturnType<typeof c.messages.create>['withResponse']>> | null = null;
+      const deadline = Date.now() + 10_000;
+      while (Date.now() < deadline) {
+        after = await c.messages.create({ model: MODEL, max_tokens: 20, messages: hello }).withResponse();
+        if (after.response.headers.get('x-tokenwarden-unmetered') === null) break;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      expect(after?.response.headers.get('x-tokenwarden-unmetered')).toBeNull();
+      const month = (await set.summary(0)).budgets[0]?.windows.month;
+      expect(month?.used).toBeGreaterThanOrEqual(billTotal(upstream));
+    }, 60_000);
+
     it('fails closed with 503 while Redis is down, overspends nothing, and resumes without a restart', async () => {
       upstream.reset();
       const server = await startPrivateRedis();
