@@ -166,7 +166,13 @@ export async function runStoreBench(opts: StoreBenchOptions = {}): Promise<Store
       let ledger: PostgresStore | null = null;
       try {
         ledger = await openPostgresStore({ url: pgUrl, schema, poolSize: Math.min(c, 16) });
-        const store = kind === 'postgres' ? ledger : await openRedisStore({ url: redisUrl, prefix, ledger });
+        let store: BudgetStore = ledger;
+        if (kind === 'redis+postgres') {
+          const redis = await openRedisStore({ url: redisUrl, prefix, ledger });
+          // A new prefix over a new, empty ledger: the counters start empty.
+          redis.setRebuilder(async () => []);
+          store = redis;
+        }
         try {
           results.push({ store: kind, ...(await measure(store, sharedCycles, sharedCycles / 10, c)) });
         } finally {

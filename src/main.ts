@@ -23,7 +23,7 @@ import { buildCore } from './service/core.js';
 import { InflightTracker } from './service/inflight.js';
 import { Metrics } from './service/metrics.js';
 import type { OperatorService } from './service/operator.js';
-import { countersFromLedger } from './service/rebuild.js';
+import { attachRebuilder } from './service/rebuild.js';
 import { isPostgresUrl, type OpenedStore, openStore } from './store/open.js';
 import type { Store } from './store/ports.js';
 
@@ -148,16 +148,12 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   });
   if (opened.redis) {
     const redis = opened.redis;
-    redis.setRebuilder(async () => {
-      logger.warn('Redis has lost the budget counters; rebuilding them from the ledger before admitting');
-      const seeds = await countersFromLedger({
-        store,
-        resolver,
-        budgets: gatekeeper.currentBudgets,
-        now: now(),
-      });
-      logger.info({ counters: seeds.length }, 'budget counters rebuilt from the ledger');
-      return seeds;
+    attachRebuilder(redis, {
+      store,
+      resolver,
+      budgets: () => gatekeeper.currentBudgets,
+      now,
+      logger,
     });
     await redis.ensureReady();
   }

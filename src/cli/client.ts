@@ -9,8 +9,10 @@ import type { Config } from '../config/schema.js';
 import { createLogger } from '../logger.js';
 import { buildCore } from '../service/core.js';
 import { InvalidInput, type ResetResult, type ResetScope } from '../service/operator.js';
+import { attachRebuilder } from '../service/rebuild.js';
 import type { SummaryDoc } from '../service/summary.js';
 import type { AlertLevel, LedgerRow, Outcome, Store } from '../store/ports.js';
+import type { RedisStore } from '../store/redis/redis-store.js';
 import type { SqliteStore } from '../store/sqlite/sqlite-store.js';
 import {
   applyRestore,
@@ -149,8 +151,8 @@ export function connector(
 /** A local client on the configured database; throws a CliError when it cannot be opened. */
 export async function openLocalClient(config: Config): Promise<OperatorClient> {
   try {
-    const { store, sqlite } = await openConfiguredStore(config, { mustExist: true });
-    return new LocalClient(config, store, sqlite);
+    const { store, sqlite, redis } = await openConfiguredStore(config, { mustExist: true });
+    return new LocalClient(config, store, sqlite, redis);
   } catch (err) {
     if (err instanceof MissingDatabaseError) throw new CliError(err.message);
     throw new CliError(`cannot open ${databaseTarget(config)}: ${(err as Error).message}`);
@@ -196,6 +198,8 @@ class LocalClient implements OperatorClient {
     private readonly store: Store,
     /** Set when the database is a SQLite file: backups are copies of it, and restorable. */
     private readonly sqlite: SqliteStore | null,
+    /** Set when the counters live in Redis: this process may have to rebuild them from the ledger. */
+    private readonly redis: RedisStore | null,
   ) {
     this.target = databaseTarget(config);
   }
@@ -205,13 +209,23 @@ class LocalClient implements OperatorClient {
    * gateway on the same file are always current (a long-running `monitor` sees them).
    */
   private async core() {
-    return buildCore({
+    const core = await buildCore({
       config: this.config,
       store: this.store,
       logger: this.logger,
       now: Date.now,
       owner: `cli:${process.pid}`,
     });
+    if (this.redis) {
+      attachRebuilder(this.redis, {
+        store: this.store,
+        resolver: core.resolver,
+        budgets: () => core.gatekeeper.currentBudgets,
+        now: Date.now,
+        logger: this.logger,
+      });
+    }
+    return core;
   }
 
   async summary() {

@@ -5,6 +5,7 @@ import { loadConfig } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import { describeDatabase, isPostgresUrl, openStore } from '../store/open.js';
 import type { Store } from '../store/ports.js';
+import type { RedisStore } from '../store/redis/redis-store.js';
 import { openSqliteStore, type SqliteStore } from '../store/sqlite/sqlite-store.js';
 
 /** Flags shared by the commands that work on the local database (keys, status, reset, export…). */
@@ -64,20 +65,20 @@ export class MissingDatabaseError extends Error {
 export async function openConfiguredStore(
   config: Config,
   opts: { mustExist?: boolean } = {},
-): Promise<{ store: Store; sqlite: SqliteStore | null }> {
+): Promise<{ store: Store; sqlite: SqliteStore | null; redis: RedisStore | null }> {
   if (isPostgresUrl(config.database)) {
-    const { store } = await openStore(config);
-    return { store, sqlite: null };
+    const { store, redis } = await openStore(config);
+    return { store, sqlite: null, redis };
   }
   if (opts.mustExist && config.database !== ':memory:' && !existsSync(config.database)) {
     throw new MissingDatabaseError(resolve(config.database));
   }
   if (config.redis) {
-    const { store } = await openStore(config);
-    return { store, sqlite: null };
+    const { store, redis } = await openStore(config);
+    return { store, sqlite: null, redis };
   }
   const sqlite = openSqliteStore({ path: config.database });
-  return { store: sqlite, sqlite };
+  return { store: sqlite, sqlite, redis: null };
 }
 
 /** `database /abs/path.db` or `database postgres://…` (password hidden), for messages. */

@@ -4,6 +4,8 @@
  * (with today's budgets and keys), in tokens and in micro-dollars. A budget window reset by an operator
  * counts only the rows after its reset, so a rebuild never brings back usage that was reset on purpose.
  */
+
+import type { Logger } from 'pino';
 import { RESETS_SETTING } from '../alerts/monitor.js';
 import { toMicros } from '../budget/prices.js';
 import { matchesScope } from '../budget/scope.js';
@@ -11,7 +13,7 @@ import type { BudgetDef } from '../budget/types.js';
 import type { WindowResolver } from '../budget/windows.js';
 import { keyBudgets } from '../keys/keys.js';
 import type { ControlStore, LedgerRow, Store } from '../store/ports.js';
-import type { CounterSeed } from '../store/redis/redis-store.js';
+import type { CounterSeed, RedisStore } from '../store/redis/redis-store.js';
 import { usdSlot } from './gatekeeper.js';
 
 const PAGE = 5000;
@@ -74,4 +76,34 @@ export async function countersFromLedger(deps: {
     if (rows.length < PAGE) break;
   }
   return [...totals.values()];
+}
+
+/**
+ * Let `redis` rebuild its counters from the ledger of `store` with the budgets in force, whenever it
+ * finds them missing. The gateway and the local CLI both attach it, so whichever process meets a
+ * Redis that lost its data first rebuilds it correctly.
+ */
+export function attachRebuilder(
+  redis: RedisStore,
+  deps: {
+    store: Parameters<typeof countersFromLedger>[0]['store'];
+    resolver: WindowResolver;
+    budgets: () => readonly BudgetDef[];
+    now: () => number;
+    logger: Logger;
+  },
+): void {
+  redis.setRebuilder(async () => {
+    deps.logger.warn(
+      'the budget counters are not in Redis; rebuilding them from the ledger before admitting',
+    );
+    const seeds = await countersFromLedger({
+      store: deps.store,
+      resolver: deps.resolver,
+      budgets: deps.budgets(),
+      now: deps.now(),
+    });
+    deps.logger.info({ counters: seeds.length }, 'budget counters rebuilt from the ledger');
+    return seeds;
+  });
 }

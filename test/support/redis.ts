@@ -158,6 +158,8 @@ export async function openTestRedisStore(
   const prefix = opts.prefix ?? uniquePrefix();
   const url = opts.url ?? REDIS_URL;
   const store = await openRedisStore({ url, prefix, ledger: opts.ledger ?? createMemoryStore() });
+  // A new prefix over an empty ledger: the counters start empty.
+  store.setRebuilder(async () => []);
   return {
     store,
     prefix,

@@ -60,8 +60,9 @@ export type RedisStore = Store & {
   /** True while the connection is up. */
   readonly connected: boolean;
   /**
-   * How to compute the counters from the ledger after Redis lost its data. Until one is set, a
-   * rebuild starts from empty counters (tests; a gateway always sets one before it listens).
+   * How to compute the counters from the ledger when Redis does not have them (a new prefix, or
+   * Redis lost its data). Until one is set, such a store refuses to admit or report usage rather than
+   * start from empty counters, which would reset every budget.
    */
   setRebuilder(rebuild: () => Promise<CounterSeed[]>): void;
   /**
@@ -77,7 +78,7 @@ declare module 'ioredis' {
   interface RedisCommander<Context> {
     twReserve(numKeys: number, ...args: Array<string | number>): Result<Reply, Context>;
     twSettle(numKeys: number, ...args: Array<string | number>): Result<number, Context>;
-    twReclaim(numKeys: number, ...args: Array<string | number>): Result<number, Context>;
+    twReclaim(numKeys: number, ...args: Array<string | number>): Result<string[], Context>;
     twRenew(numKeys: number, ...args: Array<string | number>): Result<number, Context>;
     twUsage(numKeys: number, ...args: Array<string | number>): Result<Reply, Context>;
     twReset(numKeys: number, ...args: Array<string | number>): Result<number | string, Context>;
@@ -177,10 +178,17 @@ function buildStore(redis: Redis, prefix: string, ledger: Store, isConnected: ()
     const deadline = Date.now() + REBUILD_LOCK_MS;
     while (Date.now() < deadline) {
       if ((await redis.exists(K.ready)) === 1) return;
+      const rebuild = rebuilder;
+      if (!rebuild) {
+        throw new Error(
+          'the budget counters are not in Redis (new prefix, or Redis lost its data) and this process ' +
+            'cannot rebuild them from the ledger; a gateway does when it starts or admits',
+        );
+      }
       const token = randomUUID();
       if ((await redis.set(K.lock, token, 'PX', REBUILD_LOCK_MS, 'NX')) === 'OK') {
         try {
-          const seeds = (await rebuilder?.()) ?? [];
+          const seeds = await rebuild();
           const keys = [K.used, K.series, K.ready, K.lock, ...seeds.map((s) => K.buckets(s.series))];
           const args: Array<string | number> = [token, String(Date.now())];
           for (const s of seeds) args.push(s.series, intString(s.bucket), intString(s.used));
@@ -335,10 +343,11 @@ function buildStore(redis: Redis, prefix: string, ledger: Store, isConnected: ()
         const ids = candidates.slice(i, i + RECLAIM_BATCH);
         const keys = [K.used, K.resv, K.holds, K.pending];
         for (const id of ids) keys.push(K.hold(id), K.tomb(id));
-        total += await redis.twReclaim(keys.length, ...keys, intString(now), keepOwner ?? '', ...ids);
+        const taken = await redis.twReclaim(keys.length, ...keys, intString(now), keepOwner ?? '', ...ids);
+        for (const id of taken) mine.delete(id);
+        total += taken.length;
       }
       await flushPending();
-      for (const id of candidates) mine.delete(id);
       return total;
     },
 

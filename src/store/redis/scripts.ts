@@ -119,12 +119,12 @@ return 2
  * KEYS: used, resv, holds, pending, then h:<id>, t:<id> per candidate.
  * ARGV: now, keepOwner ('' = none), candidate ids…
  * Charges in full each candidate whose lease ran out (or whose owner is not keepOwner), moves its
- * draft row to `pending` and returns how many it reclaimed. Candidates are re-checked here: another
+ * draft row to `pending` and returns the ids it reclaimed. Candidates are re-checked here: another
  * replica may have settled or reclaimed them since they were listed.
  */
 export const RECLAIM = `
 local now = tonumber(ARGV[1])
-local count = 0
+local taken = {}
 for k = 3, #ARGV do
   local id = ARGV[k]
   local hk, tk = KEYS[5 + (k - 3) * 2], KEYS[6 + (k - 3) * 2]
@@ -143,11 +143,11 @@ for k = 3, #ARGV do
       redis.call('DEL', hk)
       redis.call('ZREM', KEYS[3], id)
       redis.call('SET', tk, '1', 'EX', 86400)
-      count = count + 1
+      taken[#taken + 1] = id
     end
   end
 end
-return count
+return taken
 `;
 
 /**
