@@ -1,51 +1,19 @@
-import { type ChildProcess, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import Anthropic from '@anthropic-ai/sdk';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { SummaryDoc } from '../../src/service/summary.js';
 import { type FakeUpstream, startFakeUpstream } from '../../src/sim/upstream.js';
 import { openSqliteStore } from '../../src/store/sqlite/sqlite-store.js';
 import { billTotal } from '../support/harness.js';
+import { BIN, serve } from '../support/serve.js';
 
 // These tests run the real executable (bin/tokenwarden.js → dist/), as an operator would.
-const BIN = resolve(import.meta.dirname, '../../bin/tokenwarden.js');
 const MODEL = 'claude-sonnet-5-5';
 const hello = [{ role: 'user' as const, content: 'Hello from a child process' }];
-
-interface Served {
-  proc: ChildProcess;
-  url: string;
-  exited: Promise<number | null>;
-  stderr: () => string;
-}
-
-function serve(args: string[]): Promise<Served> {
-  const proc = spawn(process.execPath, [BIN, 'serve', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  proc.stderr?.on('data', (d: Buffer) => {
-    err += d.toString();
-  });
-  const exited = once(proc, 'exit').then(([code]) => code as number | null);
-  return new Promise((resolvePromise, reject) => {
-    const timer = setTimeout(() => reject(new Error(`gateway did not start: ${err}`)), 15_000);
-    proc.stdout?.on('data', (d: Buffer) => {
-      out += d.toString();
-      const m = /listening on (http:\/\/\S+)/.exec(out);
-      if (m?.[1]) {
-        clearTimeout(timer);
-        resolvePromise({ proc, url: m[1], exited, stderr: () => err });
-      }
-    });
-    exited.then((code) => {
-      clearTimeout(timer);
-      reject(new Error(`gateway exited with ${code}: ${err}`));
-    });
-  });
-}
 
 let upstream: FakeUpstream;
 let dir: string;

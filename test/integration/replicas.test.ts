@@ -4,7 +4,6 @@
  * the provider is the fake upstream, whose bill is the truth.
  */
 import { execFile } from 'node:child_process';
-import { resolve } from 'node:path';
 import { promisify } from 'node:util';
 import Anthropic from '@anthropic-ai/sdk';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -14,9 +13,9 @@ import { billTotal } from '../support/harness.js';
 import { describePostgres } from '../support/postgres.js';
 import { describeRedis, REDIS_URL, startPrivateRedis } from '../support/redis.js';
 import { type ReplicaSet, startReplicas } from '../support/replicas.js';
+import { BIN } from '../support/serve.js';
 
 const MODEL = 'claude-sonnet-5-5';
-const BIN = resolve(import.meta.dirname, '../../bin/tokenwarden.js');
 const execFileAsync = promisify(execFile);
 const hello = [{ role: 'user' as const, content: 'Hello from replica land' }];
 

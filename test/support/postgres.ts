@@ -32,28 +32,41 @@ export async function probePostgres(url = POSTGRES_URL): Promise<string | null> 
 }
 
 /**
- * Declares a suite that needs PostgreSQL. Reachable: `define` runs as usual. Unreachable with
- * CI=true: the suite fails in beforeAll with the reason. Otherwise it is skipped, its name and a
- * warning saying why.
+ * Declares a suite that needs a service. Reachable (`probe` resolves null): `define` runs as usual.
+ * Unreachable with CI=true: the suite fails in beforeAll with the reason. Otherwise it is skipped,
+ * its name and a warning saying why.
  */
-export async function describePostgres(name: string, define: () => void): Promise<void> {
-  const problem = await probePostgres();
+export async function describeWithService(
+  service: { name: string; url: string; hint: string; probe: () => Promise<string | null> },
+  name: string,
+  define: () => void,
+): Promise<void> {
+  const problem = await service.probe();
   if (problem === null) {
     describe(name, define);
   } else if (process.env.CI === 'true') {
     describe(name, () => {
       beforeAll(() => {
         throw new Error(
-          `PostgreSQL is required (CI=true) but unreachable at ${POSTGRES_URL}: ${problem}; ${START_HINT}`,
+          `${service.name} is required (CI=true) but unreachable at ${service.url}: ${problem}; ${service.hint}`,
         );
       });
       define();
     });
   } else {
-    const reason = `PostgreSQL unreachable at ${POSTGRES_URL} (${problem}); set CI=true to fail instead`;
-    console.warn(`[${name}] skipped: ${reason}; ${START_HINT}`);
+    const reason = `${service.name} unreachable at ${service.url} (${problem}); set CI=true to fail instead`;
+    console.warn(`[${name}] skipped: ${reason}; ${service.hint}`);
     describe.skip(`${name} [skipped: ${reason}]`, define);
   }
+}
+
+/** A suite that needs PostgreSQL (see describeWithService). */
+export function describePostgres(name: string, define: () => void): Promise<void> {
+  return describeWithService(
+    { name: 'PostgreSQL', url: POSTGRES_URL, hint: START_HINT, probe: () => probePostgres() },
+    name,
+    define,
+  );
 }
 
 /** A schema name no other test uses. */

@@ -11,8 +11,8 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
-import { beforeAll, describe } from 'vitest';
 import { createMemoryStore, openRedisStore, type RedisStore, type Store } from '../../src/store/index.js';
+import { describeWithService } from './postgres.js';
 
 export const REDIS_URL = process.env.TOKENWARDEN_TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
 
@@ -36,25 +36,13 @@ export async function probeRedis(url = REDIS_URL): Promise<string | null> {
   }
 }
 
-/** Like describePostgres: runs, fails under CI=true, or is skipped saying why. */
-export async function describeRedis(name: string, define: () => void): Promise<void> {
-  const problem = await probeRedis();
-  if (problem === null) {
-    describe(name, define);
-  } else if (process.env.CI === 'true') {
-    describe(name, () => {
-      beforeAll(() => {
-        throw new Error(
-          `Redis is required (CI=true) but unreachable at ${REDIS_URL}: ${problem}; ${START_HINT}`,
-        );
-      });
-      define();
-    });
-  } else {
-    const reason = `Redis unreachable at ${REDIS_URL} (${problem}); set CI=true to fail instead`;
-    console.warn(`[${name}] skipped: ${reason}; ${START_HINT}`);
-    describe.skip(`${name} [skipped: ${reason}]`, define);
-  }
+/** A suite that needs Redis: runs, fails under CI=true, or is skipped saying why. */
+export function describeRedis(name: string, define: () => void): Promise<void> {
+  return describeWithService(
+    { name: 'Redis', url: REDIS_URL, hint: START_HINT, probe: () => probeRedis() },
+    name,
+    define,
+  );
 }
 
 /** A key prefix no other test uses. */

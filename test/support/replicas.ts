@@ -3,24 +3,16 @@
  * one Redis prefix, as a load balancer would see them. Each test gets a fresh schema and prefix,
  * dropped and deleted afterwards.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { once } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import type { SummaryDoc } from '../../src/service/summary.js';
 import { openStore } from '../../src/store/open.js';
 import { dropSchema, POSTGRES_URL, uniqueSchema } from './postgres.js';
 import { deletePrefix, uniquePrefix } from './redis.js';
+import { type Served, serve } from './serve.js';
 
-const BIN = resolve(import.meta.dirname, '../../bin/tokenwarden.js');
-
-export interface Replica {
-  url: string;
-  proc: ChildProcess;
-  exited: Promise<number | null>;
-  stderr(): string;
-}
+export type Replica = Served;
 
 export interface ReplicaSet {
   replicas: Replica[];
@@ -40,31 +32,8 @@ export interface ReplicaSet {
   close(): Promise<void>;
 }
 
-function serve(configPath: string): Promise<Replica> {
-  const proc = spawn(process.execPath, [BIN, 'serve', '--config', configPath, '--port', '0'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  let err = '';
-  proc.stderr?.on('data', (d: Buffer) => {
-    err += d.toString();
-  });
-  const exited = once(proc, 'exit').then(([code]) => code as number | null);
-  return new Promise((resolvePromise, reject) => {
-    const timer = setTimeout(() => reject(new Error(`replica did not start: ${err}`)), 30_000);
-    proc.stdout?.on('data', (d: Buffer) => {
-      out += d.toString();
-      const m = /listening on (http:\/\/\S+)/.exec(out);
-      if (m?.[1]) {
-        clearTimeout(timer);
-        resolvePromise({ proc, url: m[1], exited, stderr: () => err });
-      }
-    });
-    exited.then((code) => {
-      clearTimeout(timer);
-      reject(new Error(`replica exited with ${code}: ${err}`));
-    });
-  });
+function serveReplica(configPath: string): Promise<Replica> {
+  return serve(['--config', configPath, '--port', '0'], { timeoutMs: 30_000 });
 }
 
 /** Starts `n` replicas at once on a new, empty schema (and a new Redis prefix when `redis` is given). */
@@ -85,7 +54,7 @@ export async function startReplicas(
   };
   const configPath = join(dir, 'config.json');
   writeFileSync(configPath, JSON.stringify(config));
-  const started = await Promise.allSettled(Array.from({ length: n }, () => serve(configPath)));
+  const started = await Promise.allSettled(Array.from({ length: n }, () => serveReplica(configPath)));
   const replicas = started.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
   const storeConfig = {
     database: POSTGRES_URL,
@@ -148,7 +117,7 @@ export async function startReplicas(
     holdCount: () => withStore((s) => s.holdCount()),
     ledgerCount: () => withStore((s) => s.countLedger({})),
     async add() {
-      const r = await serve(configPath);
+      const r = await serveReplica(configPath);
       replicas.push(r);
       return r;
     },
