@@ -7,6 +7,7 @@
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createMemoryStore, type ReserveRequest, type Store } from '../../src/store/index.js';
+import { waitUntil } from '../support/harness.js';
 import {
   describeRedis,
   openTestRedisStore,
@@ -14,7 +15,6 @@ import {
   startPrivateRedis,
   uniquePrefix,
 } from '../support/redis.js';
-import { waitUntil } from '../support/harness.js';
 import { ledgerRow } from './store-contract.js';
 
 function hold(id: string, amount: number, limit: number | null = 1000, owner = 'o1'): ReserveRequest {
