@@ -104,6 +104,37 @@ await describeRedis('redis store behaviour', () => {
     expect(await month(stores[0]?.store as Store)).toEqual({ used: 500, reserved: 30 });
   });
 
+  it('refuses admissions while the ledger database cannot be written, and admits again once it can', async () => {
+    const memory = createMemoryStore();
+    let failing = false;
+    const ledger: Store = {
+      ...memory,
+      async appendLedger(row) {
+        if (failing) throw new Error('ledger down');
+        return memory.appendLedger(row);
+      },
+      async getSetting(key) {
+        if (failing) throw new Error('ledger down');
+        return memory.getSetting(key);
+      },
+    };
+    const fx = await openTestRedisStore({ ledger });
+    cleanups.push(fx.cleanup);
+    const { store } = fx;
+    expect((await store.reserve(hold('a', 10))).ok).toBe(true);
+    failing = true;
+    await expect(store.settle('a', [5], ledgerRow({ id: 'a' }))).rejects.toThrow(/ledger down/);
+    // The hold stays (reclaimed in full later) and nothing more is admitted while rows cannot be written.
+    await expect(store.reserve(hold('b', 10))).rejects.toThrow(/ledger/);
+    failing = false;
+    await waitUntil(
+      async () => (await store.reserve(hold(`c${Date.now()}`, 1)).catch(() => null)) !== null,
+      3000,
+    );
+    await store.settle('a', [5], ledgerRow({ id: 'a' }));
+    expect(await memory.queryLedger({ limit: 10 })).toHaveLength(1);
+  });
+
   describe('with a private Redis server', () => {
     it('rejects at once while Redis is down and works again once it is back, without a new store', async () => {
       const server = await startPrivateRedis();

@@ -171,6 +171,29 @@ function buildStore(redis: Redis, prefix: string, ledger: Store, isConnected: ()
   /** Entries of the holds this process placed and has not settled: to charge them if Redis loses them. */
   const mine = new Map<string, HoldEntry[]>();
   let rebuilder: (() => Promise<CounterSeed[]>) | null = null;
+  /**
+   * Set when a ledger write failed: admitting then would serve requests whose rows cannot be written,
+   * so admission fails closed until the ledger's database answers again (probed at most once a second).
+   */
+  let ledgerDown = false;
+  let lastLedgerProbe = 0;
+  async function ledgerWrite(row: LedgerRow): Promise<void> {
+    try {
+      await ledger.appendLedger(row);
+      ledgerDown = false;
+    } catch (err) {
+      ledgerDown = true;
+      throw err;
+    }
+  }
+  async function checkLedger(): Promise<void> {
+    if (!ledgerDown) return;
+    const now = Date.now();
+    if (now - lastLedgerProbe < 1000) throw new Error('the ledger database is unreachable');
+    lastLedgerProbe = now;
+    await ledger.getSetting('budgets');
+    ledgerDown = false;
+  }
   let readying: Promise<void> | null = null;
   let closed: Promise<void> | undefined;
 
@@ -248,7 +271,7 @@ function buildStore(redis: Redis, prefix: string, ledger: Store, isConnected: ()
   async function flushPending(): Promise<void> {
     const pending = await redis.hgetall(K.pending);
     for (const [id, draft] of Object.entries(pending)) {
-      await ledger.appendLedger(JSON.parse(draft) as LedgerRow);
+      await ledgerWrite(JSON.parse(draft) as LedgerRow);
       await redis.hdel(K.pending, id);
     }
   }
@@ -273,6 +296,7 @@ function buildStore(redis: Redis, prefix: string, ledger: Store, isConnected: ()
         if (e.limit !== null) checkInteger(req.holdId, 'limit', e.limit);
       }
       checkInteger(req.holdId, 'expiresAt', req.expiresAt);
+      await checkLedger();
       let reply = await reserveOnce(req);
       if (reply[0] === NOT_READY) {
         await ensureReady();
@@ -312,7 +336,7 @@ function buildStore(redis: Redis, prefix: string, ledger: Store, isConnected: ()
         }
       }
       // Ledger first: if Redis fails now, the hold is reclaimed in full later and this row stays.
-      await ledger.appendLedger(row);
+      await ledgerWrite(row);
       const keys = [K.used, K.resv, K.series, K.holds, K.hold(holdId), K.tomb(holdId)];
       for (const e of known ?? []) keys.push(K.buckets(e.series));
       const knownJson = known
@@ -329,7 +353,7 @@ function buildStore(redis: Redis, prefix: string, ledger: Store, isConnected: ()
       mine.delete(holdId);
     },
 
-    appendLedger: (row) => ledger.appendLedger(row),
+    appendLedger: (row) => ledgerWrite(row),
 
     async reclaim({ now, keepOwner }: { now: number; keepOwner?: string }): Promise<number> {
       await flushPending();
