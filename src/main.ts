@@ -120,6 +120,22 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
     throw new StartupError([`database: cannot open the budget store: ${(err as Error).message}`]);
   }
   const { store, shared } = opened;
+  try {
+    return await startOnStore(config, opened, logger, now, storeErrors);
+  } catch (err) {
+    await store.close().catch(() => undefined);
+    throw err;
+  }
+}
+
+async function startOnStore(
+  config: Config,
+  opened: OpenedStore,
+  logger: Logger,
+  now: () => number,
+  storeErrors: ReturnType<typeof throttledErrors>,
+): Promise<Gateway> {
+  const { store, shared } = opened;
   if (config.redis && !isPostgresUrl(config.database)) {
     logger.warn(
       'redis is used with a SQLite ledger: fine for one instance; replicas sharing a budget need database: "postgres://…"',
@@ -256,7 +272,10 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   try {
     await app.listen({ port: config.port, host: config.host });
   } catch (err) {
-    await store.close();
+    emergency.stop();
+    clearInterval(leaseTimer);
+    if (budgetTimer) clearInterval(budgetTimer);
+    await monitor.close().catch(() => undefined);
     throw err;
   }
   const address = app.server.address();

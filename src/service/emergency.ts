@@ -21,8 +21,20 @@ export class EmergencyGuard {
 
   async start(): Promise<void> {
     await this.refresh();
+    // While the store is unreachable, say so once (not four times a second), and say when it is back.
+    let failing = false;
     this.timer = setInterval(() => {
-      this.refresh().catch((err: unknown) => this.logger.error({ err }, 'could not refresh emergency state'));
+      this.refresh().then(
+        () => {
+          if (failing) this.logger.info('emergency state readable again');
+          failing = false;
+        },
+        (err: unknown) => {
+          if (!failing)
+            this.logger.error({ err }, 'could not refresh emergency state (keeping the last one read)');
+          failing = true;
+        },
+      );
     }, this.refreshMs);
     this.timer.unref();
   }
