@@ -135,6 +135,30 @@ await describeRedis('redis store behaviour', () => {
     expect(await memory.queryLedger({ limit: 10 })).toHaveLength(1);
   });
 
+  it('forgets buckets older than any window in force (hourly, on reclaim), but never one with tokens held', async () => {
+    const fx = await openTestRedisStore();
+    cleanups.push(fx.cleanup);
+    const { store } = fx;
+    const now = Date.now();
+    const old = now - 50 * 86_400_000;
+    const at = (id: string, bucket: number) => ({
+      ...hold(id, 10, null),
+      entries: [{ series: 's|hour', bucket, from: bucket, limit: null, amount: 10 }],
+    });
+    for (const [id, bucket] of [
+      ['old-settled', old],
+      ['old-held', old + 3_600_000],
+      ['new', now],
+    ] as const) {
+      expect((await store.reserve(at(id, bucket))).ok).toBe(true);
+    }
+    await store.settle('old-settled', [10], ledgerRow({ id: 'old-settled' }));
+    await store.settle('new', [10], ledgerRow({ id: 'new' }));
+    expect(await store.reclaim({ now })).toBe(0);
+    // The settled old bucket is gone; the one a hold still reserves in stays; the current one stays.
+    expect(await store.usage([{ series: 's|hour', from: 0 }])).toEqual([{ used: 10, reserved: 10 }]);
+  });
+
   describe('with a private Redis server', () => {
     it('rejects at once while Redis is down and works again once it is back, without a new store', async () => {
       const server = await startPrivateRedis();

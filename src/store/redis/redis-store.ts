@@ -29,7 +29,7 @@ import type {
   UsageQuery,
   UsageTotals,
 } from '../ports.js';
-import { NOT_READY, RECLAIM, REFUSED, RENEW, RESERVE, RESET, SEED, SETTLE, USAGE } from './scripts.js';
+import { NOT_READY, PRUNE, RECLAIM, REFUSED, RENEW, RESERVE, RESET, SEED, SETTLE, USAGE } from './scripts.js';
 
 /** One counter as the ledger says it should be: `used` counted tokens in (series, bucket). */
 export interface CounterSeed {
@@ -83,6 +83,7 @@ declare module 'ioredis' {
     twUsage(numKeys: number, ...args: Array<string | number>): Result<Reply, Context>;
     twReset(numKeys: number, ...args: Array<string | number>): Result<number | string, Context>;
     twSeed(numKeys: number, ...args: Array<string | number>): Result<number, Context>;
+    twPrune(numKeys: number, ...args: Array<string | number>): Result<number, Context>;
   }
 }
 
@@ -90,6 +91,10 @@ declare module 'ioredis' {
 const REBUILD_LOCK_MS = 60_000;
 /** Candidates a reclaim looks at per round. */
 const RECLAIM_BATCH = 200;
+/** Buckets older than this are forgotten (the longest window is a month, or 30 rolling days). */
+const KEEP_BUCKETS_MS = 40 * 86_400_000;
+/** How often reclaim also prunes old buckets. */
+const PRUNE_EVERY_MS = 3_600_000;
 
 /**
  * Connects to Redis (rejecting if it cannot within `connectTimeoutMs`; the wrapped store is not
@@ -132,6 +137,7 @@ export async function openRedisStore(opts: RedisStoreOptions): Promise<RedisStor
   redis.defineCommand('twUsage', { lua: USAGE });
   redis.defineCommand('twReset', { lua: RESET });
   redis.defineCommand('twSeed', { lua: SEED });
+  redis.defineCommand('twPrune', { lua: PRUNE });
   try {
     await redis.connect();
   } catch (err) {
@@ -195,6 +201,7 @@ function buildStore(redis: Redis, prefix: string, ledger: Store, isConnected: ()
     ledgerDown = false;
   }
   let readying: Promise<void> | null = null;
+  let lastPrune = 0;
   let closed: Promise<void> | undefined;
 
   async function rebuildOnce(): Promise<void> {
@@ -372,6 +379,12 @@ function buildStore(redis: Redis, prefix: string, ledger: Store, isConnected: ()
         total += taken.length;
       }
       await flushPending();
+      if (now - lastPrune >= PRUNE_EVERY_MS) {
+        lastPrune = now;
+        const series = await redis.smembers(K.series);
+        const keys = [K.used, K.resv, ...series.map((sr) => K.buckets(sr))];
+        await redis.twPrune(keys.length, ...keys, intString(now - KEEP_BUCKETS_MS), ...series);
+      }
       return total;
     },
 

@@ -16,7 +16,8 @@
  *   T:series         set of every series name
  *   T:holds          sorted set: hold id -> lease expiry (ms)
  *   T:h:<id>         hash: o = owner, e = JSON [[series, bucket, amount], …], d = draft ledger row
- *   T:t:<id>         tombstone of a settled or reclaimed hold (expires after a day)
+ *   T:t:<id>         tombstone of a reclaimed hold, or of a lost one settled (expires after a day);
+ *                    a settled hold leaves none (one key per request would fill the memory)
  *   T:pending        hash: id -> draft row of a reclaimed hold not yet written to the ledger
  *   T:ready          present once the counters hold everything the ledger says (absent after a
  *                    data loss: the counters are rebuilt from the ledger before the next admission)
@@ -79,10 +80,11 @@ return out
 
 /**
  * KEYS: used, resv, series, holds, h:<id>, t:<id>, then b:<series> per known entry.
- * ARGV: id, n, charge…(n), knownJson ('' when this process does not know the hold's entries).
- * Returns 1 settled | 0 nothing to do (already settled or reclaimed, or unknown) | 2 the hold was
- * lost with Redis' data and its charges were added to the counters (conservatively: a rebuild from the
- * ledger may count them too).
+ * ARGV: id, n, charge…(n), knownJson ('' when the caller does not know the hold's entries).
+ * Returns 1 settled | 0 nothing to do (reclaimed, or unknown) | 2 the hold was lost with Redis' data
+ * and its charges were added to the counters (conservatively: a rebuild from the ledger may count
+ * them too). The caller passes knownJson only for a hold it placed and has not settled yet, so a
+ * hold is never charged twice by this path.
  */
 export const SETTLE = `
 local n = tonumber(ARGV[2])
@@ -99,7 +101,6 @@ if held then
   end
   redis.call('DEL', KEYS[5])
   redis.call('ZREM', KEYS[4], ARGV[1])
-  redis.call('SET', KEYS[6], '1', 'EX', 86400)
   return 1
 end
 if redis.call('EXISTS', KEYS[6]) == 1 then return 0 end
@@ -227,4 +228,26 @@ end
 redis.call('SET', KEYS[3], ARGV[2])
 redis.call('DEL', KEYS[4])
 return 1
+`;
+
+/**
+ * KEYS: used, resv, then b:<series> per series. ARGV: cutoff, series…
+ * Forgets the buckets older than the cutoff (no window in force counts them; the ledger keeps the
+ * history) unless a hold still has tokens reserved in them. Returns how many buckets it removed.
+ */
+export const PRUNE = `
+local removed = 0
+for i = 2, #ARGV do
+  local key = KEYS[1 + i]
+  for _, bk in ipairs(redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. ARGV[1])) do
+    local f = ARGV[i] .. '#' .. bk
+    if (tonumber(redis.call('HGET', KEYS[2], f)) or 0) == 0 then
+      redis.call('HDEL', KEYS[1], f)
+      redis.call('HDEL', KEYS[2], f)
+      redis.call('ZREM', key, bk)
+      removed = removed + 1
+    end
+  end
+end
+return removed
 `;
