@@ -343,6 +343,9 @@ function buildStore(redis: Redis, prefix: string, ledger: Store, isConnected: ()
         }
       }
       // Ledger first: if Redis fails now, the hold is reclaimed in full later and this row stays.
+      // Whatever happens from here, this process is done with the hold: if the write below fails,
+      // the hold is reclaimed in full (or, if Redis lost it, the ledger row counts it in the rebuild).
+      mine.delete(holdId);
       await ledgerWrite(row);
       const keys = [K.used, K.resv, K.series, K.holds, K.hold(holdId), K.tomb(holdId)];
       for (const e of known ?? []) keys.push(K.buckets(e.series));
@@ -357,7 +360,6 @@ function buildStore(redis: Redis, prefix: string, ledger: Store, isConnected: ()
         ...charges.map(intString),
         knownJson,
       );
-      mine.delete(holdId);
     },
 
     appendLedger: (row) => ledgerWrite(row),
