@@ -24,7 +24,14 @@ import { InflightTracker } from './service/inflight.js';
 import { Metrics } from './service/metrics.js';
 import type { OperatorService } from './service/operator.js';
 import { attachRebuilder } from './service/rebuild.js';
-import { isPostgresUrl, type OpenedStore, openStore } from './store/open.js';
+import {
+  COUNTERS_SETTING,
+  counterPlace,
+  counterPlaceMismatch,
+  isPostgresUrl,
+  type OpenedStore,
+  openStore,
+} from './store/open.js';
 import type { Store } from './store/ports.js';
 
 export class StartupError extends Error {
@@ -119,7 +126,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   } catch (err) {
     throw new StartupError([`database: cannot open the budget store: ${(err as Error).message}`]);
   }
-  const { store, shared } = opened;
+  const { store } = opened;
   try {
     return await startOnStore(config, opened, logger, now, storeErrors);
   } catch (err) {
@@ -145,6 +152,19 @@ async function startOnStore(
   // Holds whose lease ran out (a crashed process) are charged in full: never under-count. On a store
   // of its own (SQLite), every hold left by an earlier process is such a hold; on a shared store,
   // other replicas' holds are alive as long as their leases are renewed.
+  // Where the counters live, so that every replica and the CLI on this database use the same ones.
+  // A replica that would keep them elsewhere than the others refuses to start: it would enforce a
+  // budget of its own. Moving them into Redis is fine (Redis rebuilds them from the ledger).
+  if (isPostgresUrl(config.database)) {
+    const mismatch = await counterPlaceMismatch(store, config);
+    if (mismatch && !mismatch.intoRedis) throw new StartupError([`redis: ${mismatch.message}`]);
+    if (mismatch) {
+      logger.warn(
+        'moving the budget counters from the database into Redis; restart every replica with "redis"',
+      );
+    }
+    await store.setSetting(COUNTERS_SETTING, counterPlace(config));
+  }
   const reclaimed = await store.reclaim(shared ? { now: now() } : { now: now(), keepOwner: owner });
   if (reclaimed > 0) logger.warn({ reclaimed }, 'charged holds left by an earlier process in full');
 

@@ -3,7 +3,7 @@ import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { loadConfig } from '../config/load.js';
 import type { Config } from '../config/schema.js';
-import { describeDatabase, isPostgresUrl, openStore } from '../store/open.js';
+import { counterPlaceMismatch, describeDatabase, isPostgresUrl, openStore } from '../store/open.js';
 import type { Store } from '../store/ports.js';
 import type { RedisStore } from '../store/redis/redis-store.js';
 import { openSqliteStore, type SqliteStore } from '../store/sqlite/sqlite-store.js';
@@ -12,6 +12,7 @@ import { openSqliteStore, type SqliteStore } from '../store/sqlite/sqlite-store.
 export interface LocalFlags {
   config?: string;
   db?: string;
+  redis?: string;
 }
 
 export interface Local {
@@ -26,7 +27,8 @@ export interface Local {
 export function localOptions(cmd: Command): Command {
   return cmd
     .option('--config <file>', 'config file (default ./tokenwarden.config.json if present)')
-    .option('--db <path>', 'SQLite database file (default ./tokenwarden.db) or postgres:// URL');
+    .option('--db <path>', 'SQLite database file (default ./tokenwarden.db) or postgres:// URL')
+    .option('--redis <url>', 'Redis URL, when the gateways keep their counters there');
 }
 
 /**
@@ -34,7 +36,7 @@ export function localOptions(cmd: Command): Command {
  * `database`). On a bad configuration prints every problem and exits with code 2.
  */
 export function loadLocalConfig(flags: LocalFlags): Config {
-  const loaded = loadConfig({ configPath: flags.config, flags: { database: flags.db } });
+  const loaded = loadConfig({ configPath: flags.config, flags: { database: flags.db, redis: flags.redis } });
   if (!loaded.ok) {
     process.stderr.write(
       `tokenwarden: invalid configuration:\n${loaded.errors.map((e) => `  - ${e}`).join('\n')}\n`,
@@ -68,6 +70,15 @@ export async function openConfiguredStore(
 ): Promise<{ store: Store; sqlite: SqliteStore | null; redis: RedisStore | null }> {
   if (isPostgresUrl(config.database)) {
     const { store, redis } = await openStore(config);
+    // Reading (or resetting) other counters than the gateways' would mislead the operator.
+    const mismatch = await counterPlaceMismatch(store, config).catch(async (err: unknown) => {
+      await store.close();
+      throw err;
+    });
+    if (mismatch) {
+      await store.close();
+      throw new Error(mismatch.message);
+    }
     return { store, sqlite: null, redis };
   }
   if (opts.mustExist && config.database !== ':memory:' && !existsSync(config.database)) {

@@ -67,3 +67,55 @@ export async function openStore(
   description += ` + redis ${redactUrl(config.redis)} (prefix ${config.redisPrefix})`;
   return { store: redis, shared: true, redis, description };
 }
+
+/** Setting where a gateway records where its window counters live (the database, or Redis). */
+export const COUNTERS_SETTING = 'counters';
+
+/** What a gateway on `config` writes in COUNTERS_SETTING. */
+export function counterPlace(config: Pick<StoreConfig, 'redis' | 'redisPrefix'>): string {
+  return JSON.stringify(
+    config.redis ? { store: 'redis', prefix: config.redisPrefix } : { store: 'database' },
+  );
+}
+
+/**
+ * Whether this process would use the same window counters as the gateways that last ran on this
+ * database: null if so (or nothing is recorded), else why not. `intoRedis`: the others keep them in
+ * the database and this one in Redis, which is safe (Redis rebuilds them from the ledger).
+ */
+export async function counterPlaceMismatch(
+  store: Pick<Store, 'getSetting'>,
+  config: StoreConfig,
+): Promise<{ message: string; intoRedis: boolean } | null> {
+  const raw = await store.getSetting(COUNTERS_SETTING);
+  if (raw === null) return null;
+  let place: { store?: string; prefix?: string };
+  try {
+    place = JSON.parse(raw) as typeof place;
+  } catch {
+    return null;
+  }
+  if (place.store === 'redis' && !config.redis) {
+    return {
+      intoRedis: false,
+      message:
+        `the gateways on this database keep their counters in Redis (prefix ${place.prefix}); ` +
+        'pass --redis (or "redis" in the config), or ask a gateway with --url',
+    };
+  }
+  if (place.store === 'redis' && place.prefix !== config.redisPrefix) {
+    return {
+      intoRedis: false,
+      message:
+        `the gateways on this database use the Redis prefix ${place.prefix}, not ${config.redisPrefix}; ` +
+        'set "redisPrefix" to match',
+    };
+  }
+  if (place.store === 'database' && config.redis) {
+    return {
+      intoRedis: true,
+      message: 'the gateways on this database keep their counters in it, not in Redis; drop --redis',
+    };
+  }
+  return null;
+}

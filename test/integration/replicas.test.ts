@@ -4,6 +4,7 @@
  * the provider is the fake upstream, whose bill is the truth.
  */
 import { execFile } from 'node:child_process';
+import { tmpdir } from 'node:os';
 import { promisify } from 'node:util';
 import Anthropic from '@anthropic-ai/sdk';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -149,6 +150,32 @@ function sharedSuite(label: string, redis: () => string | undefined): void {
       await cli('resume');
       const back = await Promise.all(clients.map((c) => msUntil(c, 'admitted')));
       for (const w of back) expect(w).toBeLessThan(1000);
+
+      // Told the database but not where the replicas keep their counters, the CLI and a new
+      // replica refuse rather than read (or enforce) other counters.
+      const env = {
+        ...process.env,
+        TOKENWARDEN_DATABASE: String(set.config.database),
+        TOKENWARDEN_DATABASE_SCHEMA: set.schema,
+        TOKENWARDEN_REDIS: redis() ? '' : REDIS_URL,
+      };
+      const wrong = await execFileAsync(process.execPath, [BIN, 'status'], { env, cwd: tmpdir() }).then(
+        () => null,
+        (err: { code?: number; stderr?: string }) => err,
+      );
+      expect(wrong?.code).toBe(1);
+      expect(wrong?.stderr).toMatch(redis() ? /counters in Redis/ : /not in Redis/);
+      if (redis()) {
+        const refused = await execFileAsync(process.execPath, [BIN, 'serve', '--port', '0'], {
+          env,
+          cwd: tmpdir(),
+        }).then(
+          () => null,
+          (err: { code?: number; stderr?: string }) => err,
+        );
+        expect(refused?.code).toBe(1);
+        expect(refused?.stderr).toMatch(/keep their counters in Redis/);
+      }
     }, 60_000);
 
     it('the holds of a replica killed mid-stream are charged in full by the others once its lease runs out', async () => {
