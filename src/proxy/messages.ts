@@ -335,7 +335,6 @@ export class MessagesProxy {
     };
 
     let admission: Admission;
-    let unmetered = false;
     try {
       admission = await attempt();
       // Clamp: lower max_tokens to what every window can still pay for, rather than refuse.
@@ -370,7 +369,6 @@ export class MessagesProxy {
           'budget store unavailable; letting the request through unmetered',
         );
         facts.metadata.unmetered = `budget store unreachable: ${(err as Error).message ?? String(err)}`;
-        unmetered = true;
         admission = { ok: true, observed: null, hold: this.deps.gatekeeper.unmetered(admissionRequest()) };
       } else {
         this.deps.logger.error({ err, requestId: facts.id }, 'budget store unavailable; failing closed');
@@ -390,9 +388,10 @@ export class MessagesProxy {
 
     if (!admission.ok) return this.refuse(reply, facts, admission, now);
     const extraHeaders: Record<string, string> = {};
-    if (unmetered)
+    if (admission.hold.unmetered) {
       extraHeaders['x-tokenwarden-unmetered'] =
         'budget store unreachable; not enforced (onStoreError: allow)';
+    }
     const rowExtras: { blockReason: string | null } = { blockReason: null };
     if (clamped) {
       extraHeaders['x-tokenwarden-clamped'] = clamped;
