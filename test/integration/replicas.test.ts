@@ -10,7 +10,7 @@ import Anthropic from '@anthropic-ai/sdk';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { SummaryDoc } from '../../src/service/summary.js';
 import { type FakeUpstream, startFakeUpstream } from '../../src/sim/upstream.js';
-import { billTotal } from '../support/harness.js';
+import { billTotal, startReceiver } from '../support/harness.js';
 import { describePostgres } from '../support/postgres.js';
 import { describeRedis, REDIS_URL, startPrivateRedis } from '../support/redis.js';
 import { type ReplicaSet, startReplicas } from '../support/replicas.js';
@@ -50,19 +50,29 @@ async function msUntil(c: Anthropic, want: 'refused' | 'admitted', timeoutMs = 3
 function sharedSuite(label: string, redis: () => string | undefined): void {
   describe(`three replicas on ${label}`, () => {
     let set: ReplicaSet;
+    let hooks: Awaited<ReturnType<typeof startReceiver>>;
     const limit = 12_000;
 
     beforeAll(async () => {
       upstream.reset();
+      hooks = await startReceiver();
       // All three start at once on an empty schema: the migrations' advisory lock orders them.
       set = await startReplicas(3, {
         upstream: upstream.url,
         ...(redis() ? { redis: redis() as string } : {}),
-        config: { budgets: [{ name: 'global', month: limit }], holdLeaseMs: 3000 },
+        config: {
+          budgets: [{ name: 'global', month: limit }],
+          holdLeaseMs: 3000,
+          alerts: { webhooks: [hooks.url] },
+          // Low enough that the burst below crosses both, however many of its requests get in
+          // (worst-case holds leave part of the budget unspent when a burst is refused).
+          thresholds: { warning: 25, critical: 30, emergency: 99 },
+        },
       });
     }, 60_000);
     afterAll(async () => {
       await set?.close();
+      await hooks?.close();
     });
 
     it('all three come up on an empty database at once and answer ready', async () => {
@@ -102,6 +112,16 @@ function sharedSuite(label: string, redis: () => string | undefined): void {
       }
       expect(await set.holdCount()).toBe(0);
       expect(await set.ledgerCount()).toBe(450);
+
+      // Every replica watches the thresholds, but each alert goes out once, not once per replica.
+      await hooks.waitFor(2, 10_000);
+      await new Promise((r) => setTimeout(r, 1500));
+      const levels = (hooks.bodies as Array<{ alert: { level: string } }>).map((b) => b.alert.level);
+      expect(levels.filter((l) => l === 'warning')).toHaveLength(1);
+      expect(levels.filter((l) => l === 'critical')).toHaveLength(1);
+      expect(levels.filter((l) => l === 'emergency').length).toBeLessThanOrEqual(1);
+      // Leave no emergency behind for the next tests.
+      expect((await set.post(0, '/api/token-usage/resume')).status).toBe(200);
     }, 120_000);
 
     it('a halt on one replica blocks the others within a second; a resume on another restores them', async () => {
