@@ -23,6 +23,8 @@ export async function countersFromLedger(deps: {
   resolver: WindowResolver;
   budgets: readonly BudgetDef[];
   now: number;
+  /** Ledger rows read per query (default 5000). */
+  pageSize?: number;
 }): Promise<CounterSeed[]> {
   const { store, resolver, now } = deps;
   const keyDefs = new Map<string, BudgetDef[]>();
@@ -70,10 +72,24 @@ export async function countersFromLedger(deps: {
       }
     }
   };
-  for (let offset = 0; ; offset += PAGE) {
-    const rows = await store.queryLedger({ since, until: now + 1, limit: PAGE, offset });
+  const take = (rows: readonly LedgerRow[]) => {
     for (const row of rows) if (row.counted > 0 || (row.costUsd ?? 0) > 0) charge(row);
-    if (rows.length < PAGE) break;
+  };
+  // Newest first, a page at a time, each page below the last one's oldest time (not by offset: an
+  // offset makes the database walk every earlier row again, page after page, over a month's ledger).
+  // The rows at a page's oldest time may go on past the page: they are read together, apart.
+  const page = deps.pageSize ?? PAGE;
+  let until = now + 1;
+  for (;;) {
+    const rows = await store.queryLedger({ since, until, limit: page });
+    if (rows.length < page) {
+      take(rows);
+      break;
+    }
+    const oldest = (rows[rows.length - 1] as LedgerRow).ts;
+    take(rows.filter((r) => r.ts > oldest));
+    take(await store.queryLedger({ since: oldest, until: oldest + 1, limit: Number.MAX_SAFE_INTEGER }));
+    until = oldest;
   }
   return [...totals.values()];
 }

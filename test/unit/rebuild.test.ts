@@ -55,6 +55,23 @@ describe('countersFromLedger', () => {
     expect(after.find((s) => s.series === 'global|day' && s.bucket === DAY)?.used).toBe(47);
   });
 
+  it('reads the ledger a page at a time without losing or repeating rows that share a time', async () => {
+    const store = createMemoryStore();
+    const resolver = new WindowResolver({ timezone: 'UTC', cycleDay: 1 });
+    let expected = 0;
+    for (let i = 0; i < 50; i++) {
+      // Groups of up to 7 rows at the same millisecond straddle the page boundaries.
+      await store.appendLedger(
+        ledgerRow({ id: `r${i}`, ts: NOW - 1000 + Math.floor(i / 7), counted: i + 1 }),
+      );
+      expected += i + 1;
+    }
+    for (const pageSize of [1, 3, 5, 7, 50, 100]) {
+      const seeds = await countersFromLedger({ store, resolver, budgets, now: NOW, pageSize });
+      expect(seeds.find((s) => s.series === 'global|month')?.used, `page ${pageSize}`).toBe(expected);
+    }
+  });
+
   it("counts a virtual key's own budget for the rows of that key", async () => {
     const store = createMemoryStore();
     const resolver = new WindowResolver({ timezone: 'UTC', cycleDay: 1 });
