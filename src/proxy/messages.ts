@@ -578,8 +578,13 @@ export class MessagesProxy {
       try {
         await this.deps.gatekeeper.settle(hold, counted, usdMicros, row);
       } catch (err) {
-        // The hold stays in the store and is charged in full when reclaimed: conservative, not lost.
-        this.deps.logger.error({ err, requestId: facts.id }, 'could not settle hold');
+        if (hold.unmetered) {
+          // Let through unmetered and the ledger is down too: the log is the only record left.
+          this.deps.logger.error({ err, requestId: facts.id, row }, 'could not write the ledger row');
+        } else {
+          // The hold stays in the store and is charged in full when reclaimed: conservative, not lost.
+          this.deps.logger.error({ err, requestId: facts.id }, 'could not settle hold');
+        }
       }
     };
 
