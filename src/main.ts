@@ -115,6 +115,7 @@ export async function startGateway(config: Config, opts: GatewayOptions = {}): P
   let opened: OpenedStore;
   try {
     opened = await openStore(config, {
+      backgroundCheckpoints: true,
       onError: (source, err) => storeErrors.report(source, err),
       onRedisConnection: (up) =>
         up

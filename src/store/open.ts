@@ -39,6 +39,8 @@ export async function openStore(
   opts: {
     onError?: (source: 'postgres' | 'redis', err: Error) => void;
     onRedisConnection?: (connected: boolean) => void;
+    /** SQLite: checkpoint the WAL from a worker thread (a long-running gateway). */
+    backgroundCheckpoints?: boolean;
   } = {},
 ): Promise<OpenedStore> {
   const postgres = isPostgresUrl(config.database);
@@ -48,7 +50,7 @@ export async function openStore(
         schema: config.databaseSchema,
         onError: (err) => opts.onError?.('postgres', err),
       })
-    : openSqliteStore({ path: config.database });
+    : openSqliteStore({ path: config.database, backgroundCheckpoints: opts.backgroundCheckpoints === true });
   let description = `${postgres ? 'postgres' : 'sqlite'} ${describeDatabase(config.database)}`;
   if (config.redis === undefined) return { store: ledger, shared: postgres, redis: null, description };
   let redis: RedisStore;

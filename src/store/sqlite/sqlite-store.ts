@@ -33,6 +33,7 @@ import type {
   UsageSource,
   UsageTotals,
 } from '../ports.js';
+import { startCheckpointer } from './checkpointer.js';
 import { buildControlStore } from './control-store.js';
 import { createGroupCommit } from './group-commit.js';
 import { migrate } from './migrations.js';
@@ -44,6 +45,11 @@ export interface SqliteStoreOptions {
   busyTimeoutMs?: number;
   /** Most writes committed together (default 256); 1 commits each write on its own. */
   maxBatch?: number;
+  /**
+   * Checkpoint the WAL from a worker thread instead of inside commits (the gateway sets it; short
+   * lived users such as the CLI do not need it).
+   */
+  backgroundCheckpoints?: boolean;
 }
 
 export type SqliteStore = Store & { readonly db: Database.Database };
@@ -123,7 +129,16 @@ export function openSqliteStore(opts: SqliteStoreOptions): SqliteStore {
     db.pragma('synchronous = NORMAL');
     db.pragma('foreign_keys = ON');
     migrate(db);
-    return buildStore(db, opts.maxBatch);
+    const store = buildStore(db, opts.maxBatch);
+    if (!opts.backgroundCheckpoints || opts.path === ':memory:' || opts.path === '') return store;
+    const checkpointer = startCheckpointer(db, opts.path);
+    const close = store.close;
+    return Object.assign(store, {
+      async close() {
+        await checkpointer.stop();
+        await close();
+      },
+    });
   } catch (err) {
     db.close();
     throw err;
