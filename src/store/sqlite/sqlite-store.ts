@@ -33,6 +33,7 @@ import type {
   UsageSource,
   UsageTotals,
 } from '../ports.js';
+import { retryBusy } from './busy.js';
 import { startCheckpointer } from './checkpointer.js';
 import { buildControlStore } from './control-store.js';
 import { createGroupCommit } from './group-commit.js';
@@ -119,16 +120,24 @@ const LEDGER_COLUMNS =
  */
 export function openSqliteStore(opts: SqliteStoreOptions): SqliteStore {
   if (opts.path !== ':memory:' && opts.path !== '') mkdirSync(dirname(opts.path), { recursive: true });
-  // `timeout` is the busy timeout; passing it here covers the pragmas below too, which may have to wait
-  // for another process that is creating the same file.
-  const db = new Database(opts.path, { timeout: opts.busyTimeoutMs ?? 5000 });
+  const busyTimeoutMs = opts.busyTimeoutMs ?? 5000;
+  // `timeout` is the busy timeout: the locks SQLite may wait for (beginning a transaction) wait that
+  // long for another process. The steps below that SQLite answers BUSY at once, without waiting, are
+  // retried by retryBusy for as long (busy.ts says which and why).
+  const db = new Database(opts.path, { timeout: busyTimeoutMs });
+  const retry = <T>(step: string, fn: () => T): T =>
+    retryBusy(fn, { path: opts.path, step, boundMs: busyTimeoutMs });
   try {
-    db.pragma('journal_mode = WAL');
+    // On a new file this reads the header and then rewrites it: a read lock upgraded to a write lock,
+    // which fails at once while another process does the same.
+    retry('switching it to WAL', () => db.pragma('journal_mode = WAL'));
     // In WAL mode NORMAL loses no committed transaction when the process dies (kill -9); only an OS
     // crash or power loss can drop the last few.
     db.pragma('synchronous = NORMAL');
     db.pragma('foreign_keys = ON');
-    migrate(db);
+    // BEGIN IMMEDIATE waits for the lock itself; the retry turns a wait past the timeout into a
+    // clear error, and covers the schema read a new connection may have to repeat.
+    retry('migrating its schema', () => migrate(db));
     const store = buildStore(db, opts.maxBatch);
     if (!opts.backgroundCheckpoints || opts.path === ':memory:' || opts.path === '') return store;
     const checkpointer = startCheckpointer(db, opts.path);
